@@ -1,0 +1,141 @@
+"""CIFAR-style ResNets (He et al., 2016, section 4.2): ResNet-20/32/56, 1-D or 2-D.
+
+Three stages of ``n`` BasicBlocks with 16, 32 and 64 channels (times ``width``); depth = 6n + 2.
+Where a block changes shape, the shortcut is either "identity" (option A: stride-2 subsample and
+zero-pad the new channels, no parameters, as in the paper's CIFAR models) or "projection"
+(option B: 1x1 conv + batch norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlforge.config import ConfigError
+from dlforge.models.cnn import conv_layers
+from dlforge.models.registry import register_model
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: subsample by ``stride`` and zero-pad channels to ``c_out``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.extra, self.stride = c_out - c_in, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)
+        x = x[index]
+        # F.pad takes (last-dim pads..., channel pad) from the last dimension backwards.
+        return F.pad(x, [0, 0] * (x.dim() - 2) + [0, self.extra])
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, ndim: int, c_in: int, c_out: int, stride: int, shortcut: str) -> None:
+        super().__init__()
+        conv, bn, _ = conv_layers(ndim)
+        self.conv1 = conv(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = bn(c_out)
+        self.conv2 = conv(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = bn(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            if shortcut == "identity":
+                self.shortcut = PadShortcut(c_in, c_out, stride)
+            else:
+                self.shortcut = nn.Sequential(
+                    conv(c_in, c_out, 1, stride=stride, bias=False), bn(c_out)
+                )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        depth: int = 20,
+        width: int = 16,
+        shortcut: str = "identity",
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ConfigError(f"resnet depth must be 6n + 2 (20, 32, 56, ...), got {depth}")
+        if shortcut not in ("identity", "projection"):
+            raise ConfigError(f"resnet shortcut must be 'identity' or 'projection', got '{shortcut}'")
+        if len(input_shape) not in (2, 3):
+            raise ConfigError(f"resnet needs (C, L) or (C, H, W) inputs, got {tuple(input_shape)}")
+        ndim = len(input_shape) - 1
+        conv, bn, gap = conv_layers(ndim)
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            conv(input_shape[0], width, 3, padding=1, bias=False), bn(width), nn.ReLU(inplace=True)
+        )
+        blocks: list[nn.Module] = []
+        c_in = width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(ndim, c_in, c_out, stride, shortcut))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(gap(1), nn.Flatten())
+        self.fc = nn.Linear(c_in, num_classes)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        # He initialisation for ReLU nets keeps activation variance constant through depth.
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al., 2017)
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+def _resnet_factory(depth: int) -> None:
+    def factory(
+        input_shape: Sequence[int],
+        num_classes: int,
+        width: int = 16,
+        shortcut: str = "identity",
+        zero_init_residual: bool = False,
+    ) -> nn.Module:
+        return ResNet(input_shape, num_classes, depth, width, shortcut, zero_init_residual)
+
+    factory.__doc__ = f"CIFAR-style ResNet-{depth}."
+    register_model(f"resnet{depth}")(factory)
+
+
+for _depth in (20, 32, 56):
+    _resnet_factory(_depth)
+
+
+@register_model("resnet")
+def resnet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    depth: int = 20,
+    width: int = 16,
+    shortcut: str = "identity",
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """CIFAR-style ResNet of any depth 6n + 2."""
+    return ResNet(input_shape, num_classes, depth, width, shortcut, zero_init_residual)
