@@ -1,0 +1,178 @@
+"""Checkpoints: weights in safetensors, metadata in JSON, never pickle, always atomic.
+
+A checkpoint ``best.safetensors`` carries its metadata (model name and kwargs, recipe,
+preprocessing, versions) in the safetensors header, and the same JSON beside it as
+``best.json`` for people. Training state for an exact resume (optimizer, schedule, scaler, RNG,
+epoch, step) goes to ``last.state.safetensors``: its tensors in the body, everything else as JSON
+in the header. Each file is written to a temporary name in the same folder and renamed, so a
+crash leaves the previous file whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+META_KEY = "dlforge"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not match the model."""
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+# --- tensors inside nested state (optimizer, RNG) ------------------------------------------------
+
+
+def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace each tensor in nested dicts/lists with a reference; collect tensors by name.
+
+    Dicts with non-string keys (the optimizer's per-parameter state is keyed by int) are kept as
+    item lists so JSON does not turn the keys into strings.
+    """
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: split_tensors(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        return [split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: join_tensors(v, tensors) for k, v in obj["__items__"]}
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+# --- model checkpoints ---------------------------------------------------------------------
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"refusing to save non-finite weights (tensor '{name}')")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` (.safetensors) and ``path``.json."""
+    _check_finite(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Tied weights share storage; safetensors refuses aliases, so give each its own copy.
+    seen: set[int] = set()
+    for k, v in state.items():
+        if v.untyped_storage().data_ptr() in seen:
+            state[k] = v.clone()
+        seen.add(state[k].untyped_storage().data_ptr())
+    header = {META_KEY: json.dumps(meta, default=_json_default)}
+    path = atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
+    atomic_write_json(Path(path).with_suffix(".json"), meta)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for a broken header
+        raise CheckpointError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
+    if META_KEY not in header:
+        raise CheckpointError(f"checkpoint {p} has no dlforge metadata (not written by dlforge?)")
+    return json.loads(header[META_KEY])  # type: ignore[no-any-return]
+
+
+def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.Module:
+    """Load a checkpoint's weights into ``model``; mismatches are errors naming the tensors."""
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from None
+    own = model.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor '{k}' has shape {tuple(v.shape)}, "
+                f"the model expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+# --- training state ---------------------------------------------------------------------
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_tensors(state, "s", tensors)
+    header = {META_KEY: json.dumps(skeleton, default=_json_default)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    skeleton = read_meta(path)
+    tensors = load_file(str(path))
+    return join_tensors(skeleton, tensors)  # type: ignore[no-any-return]
