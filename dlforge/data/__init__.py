@@ -40,8 +40,11 @@ def _path(cfg: DataConfig) -> str:
     return cfg.path
 
 
-def load_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
-    """Read, split (seeded, stratified) and normalise with training-split statistics."""
+def load_data(cfg: DataConfig, seed: int = 0, normalizer: dict | None = None) -> DataBundle:
+    """Read, split (seeded, stratified) and normalise with training-split statistics.
+
+    ``normalizer`` (a checkpoint's stored statistics) is applied instead of refitting.
+    """
     raw = read_source(cfg, seed)
     where = f"data source '{cfg.source}'"
     x = check_features(raw.x, where)
@@ -57,7 +60,7 @@ def load_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
     preprocessing: dict = {"source": cfg.source, "input_shape": list(x.shape[1:])}
     if cfg.normalize:
-        stats = fit_normalizer(x_train)
+        stats = normalizer if normalizer is not None else fit_normalizer(x_train)
         preprocessing["normalize"] = stats
         x_train, x_val, x_test = (apply_normalizer(a, stats) for a in (x_train, x_val, x_test))
 

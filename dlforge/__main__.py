@@ -1,0 +1,5 @@
+import sys
+
+from dlforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Recipes: one YAML file that configures a whole run, validated into typed configs.
+
+Layers, lowest first: defaults in the dataclasses → the YAML recipe → ``--set key=value``
+overrides. An unknown key or a wrong type is an error naming the key (and the closest valid
+one). The resolved recipe is saved with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlforge.config import ConfigError, from_dict, set_path, to_dict
+from dlforge.data.config import DataConfig
+from dlforge.evaluate.evaluate import EvalConfig
+from dlforge.models.registry import ModelConfig
+from dlforge.train.config import TrainConfig
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
+        if self.evaluate.split not in ("train", "val", "test"):
+            raise ConfigError(f"evaluate.split must be train, val or test, got {self.evaluate.split!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)  # type: ignore[no-any-return]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.optimizer.lr=0.1"`` → ("train.optimizer.lr", 0.1); values are read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r} ({exc})") from None
+    return key.strip(), value
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    data = dict(data)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_path(data, key, value, Recipe)
+    return from_dict(Recipe, data)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (or start from the defaults when ``path`` is None)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"recipe not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {p} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {p} must be a mapping at the top level")
+        data = loaded
+    try:
+        return recipe_from_dict(data, overrides)
+    except ConfigError as exc:
+        where = f"recipe {path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None

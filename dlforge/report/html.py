@@ -1,0 +1,146 @@
+"""One self-contained HTML report per run: tables, figures (embedded PNG), recipe, environment."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlforge.report import plots
+from dlforge.train.checkpoint import atomic_write_text
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+figure{margin:1rem 0} figcaption{color:#555;font-size:.85rem}
+pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.8rem}
+.flag{color:#a00;font-weight:600} .muted{color:#666}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return html.escape(str(v))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p class='muted'>none</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    return _table([{"name": k, "value": v} for k, v in d.items()], ["name", "value"])
+
+
+def _figure(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f"<figure data-figure='{name}'><img alt='{html.escape(caption)}' "
+        f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _safe_figure(name: str, draw: Callable[[], bytes], caption: str, notes: list[str]) -> str:
+    try:
+        return _figure(name, draw(), caption)
+    except Exception as exc:  # a figure that cannot be drawn must not sink the report
+        notes.append(f"figure '{name}' could not be drawn: {exc}")
+        return f"<p class='flag'>figure {html.escape(name)} could not be drawn: {html.escape(str(exc))}</p>"
+
+
+def render_report(result: dict[str, Any]) -> str:
+    """HTML for a run's ``metrics.json`` content."""
+    notes: list[str] = []
+    name = result.get("recipe", {}).get("name", "run")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge report: "
+             f"{html.escape(name)}</title><style>{CSS}</style></head><body>",
+             f"<h1>dlforge report: {html.escape(name)}</h1>",
+             f"<p class='muted'>created {html.escape(result.get('created', ''))}</p>"]  # fmt: skip
+
+    ev = result.get("evaluate")
+    if ev:
+        parts.append(f"<h2>Metrics ({html.escape(ev['split'])} split, {ev['n_samples']} samples)</h2>")
+        parts.append(_kv_table(ev["summary"]))
+        parts.append("<h3>Per class</h3>" + _table(ev["per_class"]))
+        class_names = [row["class"] for row in ev["per_class"]]
+        parts.append(_safe_figure("confusion_matrix",
+                                  lambda: plots.confusion_matrix(ev["confusion_matrix"], class_names),
+                                  "Confusion matrix: rows are true classes, columns predictions.",
+                                  notes))  # fmt: skip
+        parts.append(_safe_figure("roc", lambda: plots.roc_curves(ev["curves"]["roc"]),
+                                  "ROC curves: true-positive rate against false-positive rate.",
+                                  notes))  # fmt: skip
+        parts.append(_safe_figure("pr", lambda: plots.pr_curves(ev["curves"]["pr"]),
+                                  "Precision-recall curves with average precision.", notes))
+        parts.append(_safe_figure(
+            "reliability",
+            lambda: plots.reliability_diagram(ev["reliability"], ev["summary"]["expected_calibration_error"]),
+            "Reliability diagram: accuracy per confidence bin; the gap is miscalibration.", notes))  # fmt: skip
+        if "clustering" in ev:
+            cl = ev["clustering"]
+            parts.append(f"<h3>Clustering of {cl['embedding_dim']}-d penultimate embeddings "
+                         f"into {cl['n_clusters']} clusters</h3>")  # fmt: skip
+            rows = [{"algorithm": a, **s} for a, s in cl.items() if isinstance(s, dict)]
+            parts.append(_table(rows))
+
+    tr = result.get("train")
+    if tr:
+        parts.append("<h2>Training</h2>")
+        parts.append(_kv_table({**tr.get("settings", {}), **{f"best {k}": v for k, v in tr.get("best", {}).items()}}))
+        parts.append(_safe_figure("training_curves", lambda: plots.training_curves(tr),
+                                  "Loss and accuracy per epoch; learning rate per optimizer step.",
+                                  notes))  # fmt: skip
+        if tr.get("grad_norms") and any(tr["grad_norms"]):
+            parts.append(_safe_figure("gradient_norms", lambda: plots.gradient_norms(tr["grad_norms"]),
+                                      "Per-layer gradient L2 norms (mean over sampled steps).", notes))  # fmt: skip
+        flagged = [
+            f"epoch {i + 1}: {kind} in {', '.join(layers)}"
+            for i, flags in enumerate(tr.get("grad_flags", []))
+            for kind, layers in flags.items()
+            if layers
+        ]
+        events = tr.get("events", []) + flagged
+        parts.append("<h3>Events</h3>" + ("<ul>" + "".join(
+            f"<li class='flag'>{html.escape(e)}</li>" for e in events) + "</ul>" if events
+            else "<p class='muted'>no early stop, no non-finite loss, no flagged gradients</p>"))  # fmt: skip
+        parts.append("<h3>Epochs</h3>" + _table(tr["epochs"]))
+
+    if "data" in result:
+        parts.append("<h2>Data</h2>" + _kv_table(result["data"]))
+    if "model" in result:
+        parts.append("<h2>Model</h2>" + _kv_table(result["model"]))
+    if "timings" in result:
+        parts.append("<h2>Timings (s)</h2>" + _kv_table(result["timings"]))
+    parts.append("<h2>Resolved recipe</h2><pre>"
+                 + html.escape(yaml.safe_dump(result.get("recipe", {}), sort_keys=False)) + "</pre>")  # fmt: skip
+    parts.append("<h2>Environment</h2><pre>"
+                 + html.escape(json.dumps(result.get("environment", {}), indent=2)) + "</pre>")  # fmt: skip
+    if notes:
+        parts.append("<h2>Report notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir``/metrics.json into ``run_dir``/report.html (atomically)."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        raise FileNotFoundError(f"no metrics.json in {run_dir}: is it a dlforge run folder?")
+    result = json.loads(metrics.read_text(encoding="utf-8"))
+    return atomic_write_text(run_dir / "report.html", render_report(result))

@@ -1,0 +1,117 @@
+"""The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def to_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def training_curves(history: dict[str, Any]) -> bytes:
+    """Loss and accuracy per epoch (train and validation), and the LR at every step."""
+    epochs = history["epochs"]
+    x = [e["epoch"] for e in epochs]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, key in zip(axes[:2], ("loss", "accuracy")):
+        for split in ("train", "val"):
+            values = [e.get(f"{split}_{key}") for e in epochs]
+            if any(v is not None for v in values):
+                ax.plot(x, values, marker="o", ms=3, label=split)
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    lrs = history["steps"]["lr"]
+    axes[2].plot(np.arange(len(lrs)), lrs)
+    axes[2].set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
+    axes[2].grid(alpha=0.3)
+    return to_png(fig)
+
+
+def confusion_matrix(cm: list[list[int]], class_names: list[str]) -> bytes:
+    m = np.asarray(cm)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * k, 0.8 + 0.5 * k))
+    ax.imshow(m, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true",
+           title="confusion matrix")  # fmt: skip
+    ax.set_xticklabels(class_names, rotation=90 if k > 10 else 0)
+    ax.set_yticklabels(class_names)
+    if k <= 20:
+        threshold = m.max() / 2 if m.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > threshold else "black")  # fmt: skip
+    return to_png(fig)
+
+
+def roc_curves(roc: dict[str, Any]) -> bytes:
+    """One-vs-rest ROC: true-positive rate against false-positive rate, per class."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, c in roc.items():
+        ax.plot(c["fpr"], c["tpr"], lw=1.2, label=f"{name} (AUC {c['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (one-vs-rest)",
+           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def pr_curves(pr: dict[str, Any]) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, c in pr.items():
+        ax.step(c["recall"], c["precision"], where="post", lw=1.2, label=f"{name} (AP {c['ap']:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (one-vs-rest)",
+           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def reliability_diagram(rel: dict[str, Any], ece: float) -> bytes:
+    edges = np.asarray(rel["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    count = np.asarray(rel["count"])
+    used = count > 0
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    ax.bar(centers[used], np.asarray(rel["accuracy"])[used], width=width, edgecolor="k",
+           alpha=0.8, label="accuracy")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.set(ylabel="accuracy", title=f"reliability diagram (ECE {ece:.4f})", ylim=(0, 1))
+    ax.legend(loc="upper left")
+    ax2.bar(centers, count, width=width, edgecolor="k", color="gray")
+    ax2.set(xlabel="confidence (top-1 probability)", ylabel="samples", xlim=(0, 1))
+    return to_png(fig)
+
+
+def gradient_norms(grad_norms: list[dict[str, float]]) -> bytes:
+    """Per-layer gradient norm per epoch, as a heat map on a log scale."""
+    layers = list(grad_norms[-1]) if grad_norms and grad_norms[-1] else []
+    for epoch in grad_norms:
+        layers += [name for name in epoch if name not in layers]
+    m = np.array([[e.get(name, np.nan) for e in grad_norms] for name in layers], dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.22 * max(len(layers), 1)))
+    if m.size:
+        im = ax.imshow(np.log10(np.maximum(m, 1e-30)), aspect="auto", cmap="viridis")
+        fig.colorbar(im, ax=ax, label="log10 gradient L2 norm")
+        ax.set_yticks(range(len(layers)))
+        ax.set_yticklabels(layers, fontsize=7)
+        ax.set_xticks(range(len(grad_norms)))
+        ax.set_xticklabels([str(i + 1) for i in range(len(grad_norms))], fontsize=7)
+    ax.set(xlabel="epoch", title="per-layer gradient norms")
+    return to_png(fig)
