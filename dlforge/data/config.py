@@ -23,6 +23,16 @@ class SyntheticConfig:
     weights: list[float] | None = None
     class_sep: float = 1.0
 
+    def validate(self) -> None:
+        if not 1 <= self.n_informative <= self.n_features:
+            raise ConfigError(
+                f"n_informative ({self.n_informative}) must be in 1..n_features ({self.n_features})"
+            )
+        if self.n_classes < 2:
+            raise ConfigError(f"n_classes must be >= 2, got {self.n_classes}")
+        if self.weights is not None and len(self.weights) not in (self.n_classes - 1, self.n_classes):
+            raise ConfigError(f"weights needs {self.n_classes} values, got {len(self.weights)}")
+
 
 @dataclass
 class DataConfig:

@@ -92,12 +92,11 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        # He initialisation for ReLU nets keeps activation variance constant through depth.
+        # He initialisation for the ReLU convs keeps activation variance constant through depth;
+        # the linear head keeps PyTorch's default (no ReLU follows it).
         for m in self.modules():
-            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+            if isinstance(m, nn.Conv1d | nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

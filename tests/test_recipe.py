@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dlforge.config import ConfigError
+from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "mnist1d.yaml"])
+def test_shipped_recipes_load(name: str) -> None:
+    recipe = load_recipe(RECIPES / name)
+    assert isinstance(recipe, Recipe)
+    assert recipe_from_dict(recipe.to_dict()) == recipe  # the saved recipe rebuilds the same run
+
+
+def test_unknown_key_names_it_and_suggests() -> None:
+    with pytest.raises(ConfigError, match=r"train\.optimzer.*did you mean 'optimizer'"):
+        recipe_from_dict({"train": {"optimzer": {"lr": 0.1}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.optimizer\.lrr'.*'lr'"):
+        recipe_from_dict({"train": {"optimizer": {"lrr": 0.1}}})
+
+
+def test_wrong_type_and_bad_choice_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+        recipe_from_dict({"train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.name: 'adamm'.*did you mean 'adam"):
+        recipe_from_dict({"train": {"optimizer": {"name": "adamm"}}})
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        recipe_from_dict({"train": {"optimizer": {"lr": -1}}})
+
+
+def test_set_overrides_are_typed_and_checked() -> None:
+    r = recipe_from_dict({}, ["train.optimizer.lr=1e-3", "train.epochs=3", "model.kwargs.channels=[8, 16]"])
+    assert r.train.optimizer.lr == pytest.approx(1e-3) and isinstance(r.train.optimizer.lr, float)
+    assert r.train.epochs == 3
+    assert r.model.kwargs == {"channels": [8, 16]}
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'.*'epochs'"):
+        recipe_from_dict({}, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        recipe_from_dict({}, ["train.epochs"])
+
+
+def test_recipe_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_recipe(listy)
+
+
+def test_file_source_needs_path() -> None:
+    with pytest.raises(ConfigError, match="data.path is required for source 'npz'"):
+        recipe_from_dict({"data": {"source": "npz"}})
