@@ -189,15 +189,18 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = skipped = 0
         step_losses: list[torch.Tensor] = []
+        # The bar is updated by hand: wrapping the loader in tqdm changes the order in which the
+        # loader's generator is drawn from, which would break parity with a plain loop.
         bar = tqdm(
-            loader,
+            total=n_batches,
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
             leave=False,
             disable=not self._show_progress(),
             dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for i, (x_cpu, y_cpu) in enumerate(bar):
+        for i, (x_cpu, y_cpu) in enumerate(loader):
+            bar.update(1)
             x, y = self._to_device(x_cpu, y_cpu)
             with self.precision.autocast():
                 out = model(x)
