@@ -16,11 +16,17 @@ EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, 
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe (default: built-in defaults)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "recipe", nargs="?", default=None, help="YAML recipe (default: built-in defaults)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set train.optimizer.lr=0.01 (repeatable)",
-    )  # fmt: skip
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +78,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         recipe = load_recipe(args.recipe, args.overrides)
-        result = pipeline.run(recipe, resume=args.resume)
-        summary = result.metrics["evaluate"]["summary"]
-        print(f"run folder: {result.run_dir}")
-        print(f"test accuracy {summary['accuracy']:.4f}  macro F1 {summary['f1_macro']:.4f}  "
-              f"time {result.metrics['timings']['total']:.1f}s")  # fmt: skip
+        outcome = pipeline.run(recipe, resume=args.resume)
+        summary = outcome.metrics["evaluate"]["summary"]
+        print(f"run folder: {outcome.run_dir}")
+        print(
+            f"test accuracy {summary['accuracy']:.4f}  macro F1 {summary['f1_macro']:.4f}  "
+            f"time {outcome.metrics['timings']['total']:.1f}s"
+        )
         if recipe.report.enabled:
-            print(f"report: {result.report_path}")
+            print(f"report: {outcome.report_path}")
         return 0
     if args.command == "train":
         recipe = load_recipe(args.recipe, args.overrides)

@@ -85,7 +85,9 @@ def train_stage(
     seed_everything(recipe.seed, recipe.train.deterministic)
     data = load_data(recipe.data, recipe.seed)
     t = _stage(timings, "data", t)
-    model = create_model(recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs)
+    model = create_model(
+        recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs
+    )
     meta = checkpoint_meta(recipe, data, model)
     trainer = Trainer(model, recipe.train, out_dir=run_dir, meta=meta)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -104,8 +106,11 @@ def train_stage(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": recipe.to_dict(),
         "data": {"source": recipe.data.source, **data.summary()},
-        "model": {"name": recipe.model.name, "parameters": count_parameters(model),
-                  "checkpoint": str(trainer.checkpoint_path("best"))},  # fmt: skip
+        "model": {
+            "name": recipe.model.name,
+            "parameters": count_parameters(model),
+            "checkpoint": str(trainer.checkpoint_path("best")),
+        },
         "train": history.to_dict(),
         "environment": environment(),
     }
@@ -167,9 +172,11 @@ def evaluate_checkpoint(
         )
     recipe.evaluate.split = split
     result = evaluate_model(
-        model, data.loader(split, recipe.evaluate.batch_size), data.class_names, recipe.evaluate,
+        model,
+        data.loader(split, recipe.evaluate.batch_size),
+        data.class_names,
+        recipe.evaluate,
         seed=recipe.seed,
-    )  # fmt: skip
+    )
     result["checkpoint"] = str(path)
     return result
-

@@ -40,10 +40,12 @@ class Recipe:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
         if self.evaluate.split not in ("train", "val", "test"):
-            raise ConfigError(f"evaluate.split must be train, val or test, got {self.evaluate.split!r}")
+            raise ConfigError(
+                f"evaluate.split must be train, val or test, got {self.evaluate.split!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -21,6 +21,8 @@ def digits() -> DataBundle:
 
 @pytest.fixture(scope="session")
 def small_table() -> DataBundle:
-    cfg = DataConfig(source="synthetic", synthetic=SyntheticConfig(n_samples=400, n_features=8,
-                                                                   n_informative=5, n_classes=3))
+    cfg = DataConfig(
+        source="synthetic",
+        synthetic=SyntheticConfig(n_samples=400, n_features=8, n_informative=5, n_classes=3),
+    )
     return load_data(cfg, seed=0)

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dlforge.data import DataConfig, DataError, SyntheticConfig, fit_normalizer, load_data
-from dlforge.data import files
+from dlforge.data import DataConfig, DataError, SyntheticConfig, files, fit_normalizer, load_data
 
 
 def test_builtin_sources_shapes_and_splits() -> None:
@@ -51,8 +50,10 @@ def test_normalisation_uses_the_training_split_only() -> None:
 
 
 def test_synthetic_weights_make_imbalance() -> None:
-    cfg = DataConfig(source="synthetic",
-                     synthetic=SyntheticConfig(n_samples=1000, n_classes=2, weights=[0.9, 0.1]))  # fmt: skip
+    cfg = DataConfig(
+        source="synthetic",
+        synthetic=SyntheticConfig(n_samples=1000, n_classes=2, weights=[0.9, 0.1]),
+    )
     counts = np.bincount(load_data(cfg, seed=0).train[1].numpy())
     assert counts[0] > 6 * counts[1]
 
@@ -76,7 +77,14 @@ def test_image_folder(tmp_path: Path) -> None:
     assert raw.x.min() >= 0 and raw.x.max() <= 1
     gray = files.image_folder(tmp_path, (4, 6), "L")
     assert gray.x.shape == (11, 1, 4, 6)
-    expected = np.asarray(Image.open(tmp_path / "cat" / "0.png").convert("L").resize((6, 4), Image.Resampling.BILINEAR)) / 255.0
+    expected = (
+        np.asarray(
+            Image.open(tmp_path / "cat" / "0.png")
+            .convert("L")
+            .resize((6, 4), Image.Resampling.BILINEAR)
+        )
+        / 255.0
+    )
     np.testing.assert_allclose(gray.x[0, 0], expected, atol=1e-6)
 
 
@@ -97,8 +105,13 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
 def frame(n: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"f1": rng.normal(size=n), "f2": rng.normal(size=n),
-                         "species": rng.choice(["setosa", "virginica"], n)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "f1": rng.normal(size=n),
+            "f2": rng.normal(size=n),
+            "species": rng.choice(["setosa", "virginica"], n),
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -160,8 +173,10 @@ def write_cifar(root: Path, protocol: int = 2) -> None:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     for name, n in (("data_batch_1", 20), ("data_batch_2", 20), ("test_batch", 10)):
-        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, n))}  # fmt: skip
+        batch = {
+            b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, n)),
+        }
         batch[b"labels"] = [int(v) for v in batch[b"labels"]]
         (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
@@ -170,7 +185,11 @@ def write_cifar(root: Path, protocol: int = 2) -> None:
 def test_cifar10(tmp_path: Path, protocol: int) -> None:
     write_cifar(tmp_path, protocol)
     raw = files.cifar10(tmp_path)
-    assert raw.x.shape == (40, 3, 32, 32) and raw.x_test is not None and raw.x_test.shape == (10, 3, 32, 32)
+    assert (
+        raw.x.shape == (40, 3, 32, 32)
+        and raw.x_test is not None
+        and raw.x_test.shape == (10, 3, 32, 32)
+    )
     first = pickle.loads((tmp_path / "data_batch_1").read_bytes())[b"data"][0]
     np.testing.assert_allclose(raw.x[0].reshape(-1), first / 255.0, atol=1e-7)
 
@@ -191,15 +210,21 @@ def test_cifar10_refuses_foreign_pickles(tmp_path: Path) -> None:
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 0x08, arr.ndim)
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 def write_mnist(root: Path, compress: bool) -> None:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     for stem, n in (("train", 30), ("t10k", 10)):
-        for kind, arr in (("images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28))),
-                          ("labels-idx1-ubyte", rng.integers(0, 10, n))):  # fmt: skip
+        for kind, arr in (
+            ("images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28))),
+            ("labels-idx1-ubyte", rng.integers(0, 10, n)),
+        ):
             data = idx_bytes(arr)
             name = f"{stem}-{kind}" + (".gz" if compress else "")
             (root / name).write_bytes(gzip.compress(data) if compress else data)

@@ -34,7 +34,9 @@ def test_wrong_type_and_bad_choice_name_the_key() -> None:
 
 
 def test_set_overrides_are_typed_and_checked() -> None:
-    r = recipe_from_dict({}, ["train.optimizer.lr=1e-3", "train.epochs=3", "model.kwargs.channels=[8, 16]"])
+    r = recipe_from_dict(
+        {}, ["train.optimizer.lr=1e-3", "train.epochs=3", "model.kwargs.channels=[8, 16]"]
+    )
     assert r.train.optimizer.lr == pytest.approx(1e-3) and isinstance(r.train.optimizer.lr, float)
     assert r.train.epochs == 3
     assert r.model.kwargs == {"channels": [8, 16]}

@@ -51,7 +51,9 @@ def torch_per_step(make) -> list[float]:
 
 def test_step() -> None:
     ref = torch_per_epoch(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5))
-    assert ours(ScheduleConfig(name="step", step_size=4, gamma=0.5)) == pytest.approx(ref, rel=1e-12)
+    assert ours(ScheduleConfig(name="step", step_size=4, gamma=0.5)) == pytest.approx(
+        ref, rel=1e-12
+    )
 
 
 def test_multistep() -> None:
@@ -61,13 +63,18 @@ def test_multistep() -> None:
 
 
 def test_cosine() -> None:
-    ref = torch_per_step(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, TOTAL, eta_min=1e-3))
+    ref = torch_per_step(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, TOTAL, eta_min=1e-3)
+    )
     assert ours(ScheduleConfig(name="cosine", min_lr=1e-3)) == pytest.approx(ref, rel=1e-9)
 
 
 def test_onecycle() -> None:
-    ref = torch_per_step(lambda o: torch.optim.lr_scheduler.OneCycleLR(
-        o, max_lr=BASE, total_steps=TOTAL, pct_start=0.25, cycle_momentum=False))  # fmt: skip
+    ref = torch_per_step(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=BASE, total_steps=TOTAL, pct_start=0.25, cycle_momentum=False
+        )
+    )
     assert ours(ScheduleConfig(name="onecycle", pct_start=0.25)) == pytest.approx(ref, rel=1e-9)
 
 
@@ -88,7 +95,9 @@ def test_plateau_matches_reduce_lr_on_plateau() -> None:
     ref_opt = optimizer()
     ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, patience=2, factor=0.5)
     opt = optimizer()
-    sched = LRSchedule(opt, ScheduleConfig(name="plateau", plateau_patience=2, plateau_factor=0.5), 1, 12)
+    sched = LRSchedule(
+        opt, ScheduleConfig(name="plateau", plateau_patience=2, plateau_factor=0.5), 1, 12
+    )
     for m in metrics:
         ref.step(m)
         sched.epoch_end({"val_loss": m})

@@ -35,7 +35,9 @@ def toy_data(n: int = 256, d: int = 10, k: int = 3, seed: int = 0) -> TensorData
 
 
 def loader(ds: TensorDataset, batch: int = 32, shuffle: bool = True, seed: int = 0) -> DataLoader:
-    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        ds, batch_size=batch, shuffle=shuffle, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def mlp(seed: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -44,8 +46,13 @@ def mlp(seed: int = 0, dropout: float = 0.0) -> nn.Module:
 
 
 def fp32(**kw) -> TrainConfig:
-    base = dict(precision="fp32", channels_last="off", progress="off", restore_best=False,
-                optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9))  # fmt: skip
+    base = dict(
+        precision="fp32",
+        channels_last="off",
+        progress="off",
+        restore_best=False,
+        optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -86,8 +93,11 @@ class PowerCut(nn.Module):
 def test_exact_resume(tmp_path: Path) -> None:
     """Interrupted in epoch 3 and resumed: the same weights as 4 uninterrupted epochs."""
     ds = toy_data()  # 8 batches an epoch
-    cfg = fp32(epochs=4, optimizer=OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.1),
-               schedule=ScheduleConfig(name="cosine", warmup_steps=3))  # fmt: skip
+    cfg = fp32(
+        epochs=4,
+        optimizer=OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.1),
+        schedule=ScheduleConfig(name="cosine", warmup_steps=3),
+    )
     full = PowerCut(mlp(dropout=0.3), at=-1)
     torch.manual_seed(7)  # dropout and shuffling draw from the global RNG and the loader's
     Trainer(full, cfg, out_dir=tmp_path / "a").fit(loader(ds))
@@ -129,7 +139,9 @@ def test_clip_grad_norm_bounds_the_update() -> None:
     ds = toy_data(n=32)
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = fp32(epochs=1, clip_grad_norm=1e-3, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0))
+    cfg = fp32(
+        epochs=1, clip_grad_norm=1e-3, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0)
+    )
     Trainer(model, cfg).fit(loader(ds, batch=32))
     step = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.norm().item() == pytest.approx(1e-3, rel=1e-4)  # lr 1 x clipped norm
@@ -139,7 +151,9 @@ def test_clip_grad_value_bounds_each_element() -> None:
     ds = toy_data(n=32)
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = fp32(epochs=1, clip_grad_value=1e-4, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0))
+    cfg = fp32(
+        epochs=1, clip_grad_value=1e-4, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0)
+    )
     Trainer(model, cfg).fit(loader(ds, batch=32))
     step = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.abs().max().item() == pytest.approx(1e-4, rel=1e-3)
@@ -163,8 +177,9 @@ def test_adamw_decouples_weight_decay_from_adam() -> None:
         model = nn.Sequential(nn.Linear(10, 3, bias=False))
         nn.init.constant_(model[0].weight, 1.0)
         model[0].weight.register_hook(lambda g: torch.zeros_like(g))  # data gradient removed
-        Trainer(model, fp32(epochs=1, optimizer=OptimizerConfig(name=name, lr=0.1, weight_decay=0.5))).fit(
-            loader(ds, batch=8))  # fmt: skip
+        Trainer(
+            model, fp32(epochs=1, optimizer=OptimizerConfig(name=name, lr=0.1, weight_decay=0.5))
+        ).fit(loader(ds, batch=8))
         results[name] = model[0].weight.detach().mean().item()
     assert results["adamw"] == pytest.approx(1 - 0.1 * 0.5, rel=1e-6)  # w -= lr * wd * w
     assert results["adam"] == pytest.approx(1 - 0.1, rel=1e-3)  # Adam: the L2 grad is normalised
@@ -175,7 +190,9 @@ def test_label_smoothing_and_l1_enter_the_loss() -> None:
     model = mlp()
     x, y = ds.tensors
     decay = [p for p in model.parameters() if p.ndim > 1]
-    expected = F.cross_entropy(model(x), y, label_smoothing=0.2) + 1e-3 * sum(p.abs().sum() for p in decay)
+    expected = F.cross_entropy(model(x), y, label_smoothing=0.2) + 1e-3 * sum(
+        p.abs().sum() for p in decay
+    )
     trainer = Trainer(model, fp32(epochs=1, label_smoothing=0.2, l1=1e-3))
     history = trainer.fit(loader(ds, batch=32, shuffle=False))
     assert history.steps["loss"][0] == pytest.approx(expected.item(), rel=1e-5)
@@ -206,7 +223,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     ds = toy_data(n=64)  # 2 batches an epoch: epoch 2 is clean, epoch 3 hits NaN
     model = Exploding(bad_step=6)
     trainer = Trainer(model, fp32(epochs=5), out_dir=tmp_path)
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 3, batch 2.*last good checkpoint kept"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss became nan at epoch 3, batch 2.*last good checkpoint kept"
+    ):
         trainer.fit(loader(ds))
     last = tmp_path / "checkpoints/last.safetensors"
     meta = __import__("json").loads(last.with_suffix(".json").read_text())
@@ -240,9 +259,12 @@ def test_nan_loss_skip_mode_skips_and_records() -> None:
 def test_early_stopping_and_best_checkpoint(tmp_path: Path) -> None:
     ds = toy_data()
     val = loader(toy_data(seed=1), shuffle=False)
-    cfg = fp32(epochs=50, optimizer=OptimizerConfig(name="sgd", lr=0.5, momentum=0.9),
-               early_stopping=EarlyStoppingConfig(monitor="val_accuracy", patience=2),
-               restore_best=True)  # fmt: skip
+    cfg = fp32(
+        epochs=50,
+        optimizer=OptimizerConfig(name="sgd", lr=0.5, momentum=0.9),
+        early_stopping=EarlyStoppingConfig(monitor="val_accuracy", patience=2),
+        restore_best=True,
+    )
     model = mlp()
     trainer = Trainer(model, cfg, out_dir=tmp_path)
     history = trainer.fit(loader(ds), val)
@@ -268,9 +290,11 @@ class Scaled(nn.Module):
 
 def test_gradient_monitor_flags_vanishing_and_exploding() -> None:
     ds = toy_data(n=64)
-    cfg = fp32(epochs=1, grad_monitor=GradMonitorConfig(every_n_steps=1, vanishing_below=1e-6,
-                                                        exploding_above=1e4),
-               optimizer=OptimizerConfig(name="sgd", lr=1e-12, momentum=0.0))  # fmt: skip
+    cfg = fp32(
+        epochs=1,
+        grad_monitor=GradMonitorConfig(every_n_steps=1, vanishing_below=1e-6, exploding_above=1e4),
+        optimizer=OptimizerConfig(name="sgd", lr=1e-12, momentum=0.0),
+    )
     tiny = Trainer(Scaled(1e-9), cfg).fit(loader(ds))
     assert tiny.grad_flags[0]["vanishing"] == ["first"]
     huge = Trainer(Scaled(1e7), cfg).fit(loader(ds))
@@ -291,11 +315,18 @@ def test_precision_choice() -> None:
 
 def test_bf16_mixed_precision_keeps_fp32_master_weights(digits) -> None:
     model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
-    cfg = TrainConfig(epochs=4, precision="bf16", channels_last="on", progress="off",
-                      optimizer=OptimizerConfig(lr=3e-3))  # fmt: skip
+    cfg = TrainConfig(
+        epochs=4,
+        precision="bf16",
+        channels_last="on",
+        progress="off",
+        optimizer=OptimizerConfig(lr=3e-3),
+    )
     trainer = Trainer(model, cfg)
-    history = trainer.fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)),
-                          digits.loader("val", 256))  # fmt: skip
+    history = trainer.fit(
+        digits.loader("train", 64, True, torch.Generator().manual_seed(0)),
+        digits.loader("val", 256),
+    )
     assert history.settings["precision"] == "bf16" and history.settings["channels_last"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert history.epochs[-1]["val_accuracy"] > 0.8

@@ -55,7 +55,9 @@ def load_data(cfg: DataConfig, seed: int = 0, normalizer: dict | None = None) ->
         x_rest, y_rest = x, raw.y
     else:
         x_rest, y_rest, x_test, y_test = stratified_split(x, raw.y, cfg.test_fraction, seed, where)
-    val_share = cfg.val_fraction if raw.x_test is not None else cfg.val_fraction / (1 - cfg.test_fraction)
+    val_share = (
+        cfg.val_fraction if raw.x_test is not None else cfg.val_fraction / (1 - cfg.test_fraction)
+    )
     x_train, y_train, x_val, y_val = stratified_split(x_rest, y_rest, val_share, seed + 1, where)
 
     preprocessing: dict = {"source": cfg.source, "input_shape": list(x.shape[1:])}

@@ -30,7 +30,10 @@ class SyntheticConfig:
             )
         if self.n_classes < 2:
             raise ConfigError(f"n_classes must be >= 2, got {self.n_classes}")
-        if self.weights is not None and len(self.weights) not in (self.n_classes - 1, self.n_classes):
+        if self.weights is not None and len(self.weights) not in (
+            self.n_classes - 1,
+            self.n_classes,
+        ):
             raise ConfigError(f"weights needs {self.n_classes} values, got {len(self.weights)}")
 
 
@@ -58,7 +61,9 @@ class DataConfig:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave data for training")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ConfigError(f"image_size must be [H, W] with positive sizes, got {self.image_size}")
+            raise ConfigError(
+                f"image_size must be [H, W] with positive sizes, got {self.image_size}"
+            )
         file_sources = {"image_folder", "table", "npz", "cifar10", "mnist_idx"}
         if self.source in file_sources and not self.path:
             raise ConfigError(f"data.path is required for source '{self.source}'")

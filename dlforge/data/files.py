@@ -13,7 +13,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -87,7 +87,9 @@ def table(path: str | Path, label_column: str, feature_columns: list[str] | None
     if label_column not in columns:
         close = difflib.get_close_matches(label_column, columns, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise DataError(f"table file {p}: no label column '{label_column}' (columns: {columns}){hint}")
+        raise DataError(
+            f"table file {p}: no label column '{label_column}' (columns: {columns}){hint}"
+        )
     features = feature_columns or [c for c in columns if c != label_column]
     missing = [c for c in features if c not in columns]
     if missing:
@@ -99,7 +101,9 @@ def table(path: str | Path, label_column: str, feature_columns: list[str] | None
         rows = np.flatnonzero(df[label_column].isna().to_numpy())[:10].tolist()
         raise DataError(f"table file {p}: label column '{label_column}' is empty at rows {rows}")
     x = check_features(df[features].to_numpy(), f"table file {p}", columns=features)
-    y, names = encode_labels(df[label_column].to_numpy(), f"table file {p}, column '{label_column}'")
+    y, names = encode_labels(
+        df[label_column].to_numpy(), f"table file {p}, column '{label_column}'"
+    )
     return RawData(x=x, y=y, class_names=names)
 
 
@@ -136,15 +140,17 @@ def npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> RawData:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only the numpy reconstruction helpers a CIFAR-10 batch file uses."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
@@ -186,9 +192,17 @@ def cifar10(path: str | Path) -> RawData:
     parts = [_read_cifar_batch(f) for f in train_files]
     x_test, y_test = _read_cifar_batch(test_file)
     names = [
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
-    ]  # fmt: skip
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     return RawData(
         x=np.concatenate([p[0] for p in parts]),
         y=np.concatenate([p[1] for p in parts]),
@@ -201,7 +215,14 @@ def cifar10(path: str | Path) -> RawData:
 # --- MNIST IDX ----------------------------------------------------------------------------
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

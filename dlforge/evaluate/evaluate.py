@@ -33,7 +33,7 @@ class Predictions:
         z = self.logits.astype(np.float64)
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def _last_linear(model: nn.Module) -> nn.Linear | None:
@@ -46,7 +46,10 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu", embeddings: bool = True
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    embeddings: bool = True,
 ) -> Predictions:
     """Logits (and penultimate embeddings) for every sample of ``loader``, in eval mode."""
     model.eval()
@@ -54,7 +57,9 @@ def predict(
     captured: list[torch.Tensor] = []
     head = _last_linear(model) if embeddings else None
     hook = (
-        head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].flatten(1).float().cpu()))
+        head.register_forward_hook(
+            lambda _m, inp, _out: captured.append(inp[0].flatten(1).float().cpu())
+        )
         if head is not None
         else None
     )
@@ -90,7 +95,7 @@ def classification_report(
         "average_precision_macro": M.average_precision_ovr(y_true, proba, "macro"),
     }
     for avg in ("macro", "micro", "weighted"):
-        p, r, f = M.precision_recall_f1(y_true, y_pred, k, avg)  # type: ignore[arg-type]
+        p, r, f = M.precision_recall_f1(y_true, y_pred, k, avg)
         summary.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
     support = np.bincount(y_true, minlength=k)
     per_class = [
@@ -109,10 +114,16 @@ def classification_report(
         if positives.any() and not positives.all():
             fpr, tpr, _ = M.roc_curve(positives, proba[:, i], drop_intermediate=True)
             prec, rec, _ = M.precision_recall_curve(positives, proba[:, i])
-            curves["roc"][name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
-                                   "auc": M.roc_auc_binary(positives, proba[:, i])}  # fmt: skip
-            curves["pr"][name] = {"precision": prec.tolist(), "recall": rec.tolist(),
-                                  "ap": M.average_precision_score(positives, proba[:, i])}  # fmt: skip
+            curves["roc"][name] = {
+                "fpr": fpr.tolist(),
+                "tpr": tpr.tolist(),
+                "auc": M.roc_auc_binary(positives, proba[:, i]),
+            }
+            curves["pr"][name] = {
+                "precision": prec.tolist(),
+                "recall": rec.tolist(),
+                "ap": M.average_precision_score(positives, proba[:, i]),
+            }
     bins = M.reliability_bins(y_true, proba, n_bins)
     return {
         "summary": summary,

@@ -16,7 +16,9 @@ def conv_layers(ndim: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Mo
         return nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d
     if ndim == 2:
         return nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d
-    raise ConfigError(f"convolutional models need (C, L) or (C, H, W) inputs, got {ndim} spatial dims")
+    raise ConfigError(
+        f"convolutional models need (C, L) or (C, H, W) inputs, got {ndim} spatial dims"
+    )
 
 
 @register_model("cnn")
@@ -45,7 +47,9 @@ def cnn(
     layers: list[nn.Module] = []
     c_in = input_shape[0]
     for c_out, s in zip(channels, strides):
-        layers.append(conv(c_in, c_out, kernel_size, stride=s, padding=kernel_size // 2, bias=not batch_norm))
+        layers.append(
+            conv(c_in, c_out, kernel_size, stride=s, padding=kernel_size // 2, bias=not batch_norm)
+        )
         if batch_norm:
             layers.append(bn(c_out))
         layers.append(nn.ReLU(inplace=True))

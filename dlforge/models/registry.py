@@ -50,11 +50,13 @@ def resolve_factory(name: str) -> ModelFactory:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(f"model '{name}': cannot import module '{module_name}' ({exc})") from None
+            raise ConfigError(
+                f"model '{name}': cannot import module '{module_name}' ({exc})"
+            ) from None
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise ConfigError(f"model '{name}': '{module_name}' has no callable '{attr}'")
-        return fn  # type: ignore[no-any-return]
+        return fn
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; registered: {list_models()}"

@@ -70,7 +70,9 @@ class ResNet(nn.Module):
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ConfigError(f"resnet depth must be 6n + 2 (20, 32, 56, ...), got {depth}")
         if shortcut not in ("identity", "projection"):
-            raise ConfigError(f"resnet shortcut must be 'identity' or 'projection', got '{shortcut}'")
+            raise ConfigError(
+                f"resnet shortcut must be 'identity' or 'projection', got '{shortcut}'"
+            )
         if len(input_shape) not in (2, 3):
             raise ConfigError(f"resnet needs (C, L) or (C, H, W) inputs, got {tuple(input_shape)}")
         ndim = len(input_shape) - 1
@@ -102,7 +104,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:  # each block starts as the identity (Goyal et al., 2017)
             for m in self.modules():
-                if isinstance(m, BasicBlock):
+                if isinstance(m, BasicBlock) and isinstance(m.bn2.weight, torch.Tensor):
                     nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,47 +67,92 @@ def render_report(result: dict[str, Any]) -> str:
     """HTML for a run's ``metrics.json`` content."""
     notes: list[str] = []
     name = result.get("recipe", {}).get("name", "run")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge report: "
-             f"{html.escape(name)}</title><style>{CSS}</style></head><body>",
-             f"<h1>dlforge report: {html.escape(name)}</h1>",
-             f"<p class='muted'>created {html.escape(result.get('created', ''))}</p>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge report: "
+        f"{html.escape(name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>dlforge report: {html.escape(name)}</h1>",
+        f"<p class='muted'>created {html.escape(result.get('created', ''))}</p>",
+    ]
 
     ev = result.get("evaluate")
     if ev:
-        parts.append(f"<h2>Metrics ({html.escape(ev['split'])} split, {ev['n_samples']} samples)</h2>")
+        parts.append(
+            f"<h2>Metrics ({html.escape(ev['split'])} split, {ev['n_samples']} samples)</h2>"
+        )
         parts.append(_kv_table(ev["summary"]))
         parts.append("<h3>Per class</h3>" + _table(ev["per_class"]))
         class_names = [row["class"] for row in ev["per_class"]]
-        parts.append(_safe_figure("confusion_matrix",
-                                  lambda: plots.confusion_matrix(ev["confusion_matrix"], class_names),
-                                  "Confusion matrix: rows are true classes, columns predictions.",
-                                  notes))  # fmt: skip
-        parts.append(_safe_figure("roc", lambda: plots.roc_curves(ev["curves"]["roc"]),
-                                  "ROC curves: true-positive rate against false-positive rate.",
-                                  notes))  # fmt: skip
-        parts.append(_safe_figure("pr", lambda: plots.pr_curves(ev["curves"]["pr"]),
-                                  "Precision-recall curves with average precision.", notes))
-        parts.append(_safe_figure(
-            "reliability",
-            lambda: plots.reliability_diagram(ev["reliability"], ev["summary"]["expected_calibration_error"]),
-            "Reliability diagram: accuracy per confidence bin; the gap is miscalibration.", notes))  # fmt: skip
+        parts.append(
+            _safe_figure(
+                "confusion_matrix",
+                lambda: plots.confusion_matrix(ev["confusion_matrix"], class_names),
+                "Confusion matrix: rows are true classes, columns predictions.",
+                notes,
+            )
+        )
+        parts.append(
+            _safe_figure(
+                "roc",
+                lambda: plots.roc_curves(ev["curves"]["roc"]),
+                "ROC curves: true-positive rate against false-positive rate.",
+                notes,
+            )
+        )
+        parts.append(
+            _safe_figure(
+                "pr",
+                lambda: plots.pr_curves(ev["curves"]["pr"]),
+                "Precision-recall curves with average precision.",
+                notes,
+            )
+        )
+        parts.append(
+            _safe_figure(
+                "reliability",
+                lambda: plots.reliability_diagram(
+                    ev["reliability"], ev["summary"]["expected_calibration_error"]
+                ),
+                "Reliability diagram: accuracy per confidence bin; the gap is miscalibration.",
+                notes,
+            )
+        )
         if "clustering" in ev:
             cl = ev["clustering"]
-            parts.append(f"<h3>Clustering of {cl['embedding_dim']}-d penultimate embeddings "
-                         f"into {cl['n_clusters']} clusters</h3>")  # fmt: skip
+            parts.append(
+                f"<h3>Clustering of {cl['embedding_dim']}-d penultimate embeddings "
+                f"into {cl['n_clusters']} clusters</h3>"
+            )
             rows = [{"algorithm": a, **s} for a, s in cl.items() if isinstance(s, dict)]
             parts.append(_table(rows))
 
     tr = result.get("train")
     if tr:
         parts.append("<h2>Training</h2>")
-        parts.append(_kv_table({**tr.get("settings", {}), **{f"best {k}": v for k, v in tr.get("best", {}).items()}}))
-        parts.append(_safe_figure("training_curves", lambda: plots.training_curves(tr),
-                                  "Loss and accuracy per epoch; learning rate per optimizer step.",
-                                  notes))  # fmt: skip
+        parts.append(
+            _kv_table(
+                {
+                    **tr.get("settings", {}),
+                    **{f"best {k}": v for k, v in tr.get("best", {}).items()},
+                }
+            )
+        )
+        parts.append(
+            _safe_figure(
+                "training_curves",
+                lambda: plots.training_curves(tr),
+                "Loss and accuracy per epoch; learning rate per optimizer step.",
+                notes,
+            )
+        )
         if tr.get("grad_norms") and any(tr["grad_norms"]):
-            parts.append(_safe_figure("gradient_norms", lambda: plots.gradient_norms(tr["grad_norms"]),
-                                      "Per-layer gradient L2 norms (mean over sampled steps).", notes))  # fmt: skip
+            parts.append(
+                _safe_figure(
+                    "gradient_norms",
+                    lambda: plots.gradient_norms(tr["grad_norms"]),
+                    "Per-layer gradient L2 norms (mean over sampled steps).",
+                    notes,
+                )
+            )
         flagged = [
             f"epoch {i + 1}: {kind} in {', '.join(layers)}"
             for i, flags in enumerate(tr.get("grad_flags", []))
@@ -115,9 +160,16 @@ def render_report(result: dict[str, Any]) -> str:
             if layers
         ]
         events = tr.get("events", []) + flagged
-        parts.append("<h3>Events</h3>" + ("<ul>" + "".join(
-            f"<li class='flag'>{html.escape(e)}</li>" for e in events) + "</ul>" if events
-            else "<p class='muted'>no early stop, no non-finite loss, no flagged gradients</p>"))  # fmt: skip
+        parts.append(
+            "<h3>Events</h3>"
+            + (
+                "<ul>"
+                + "".join(f"<li class='flag'>{html.escape(e)}</li>" for e in events)
+                + "</ul>"
+                if events
+                else "<p class='muted'>no early stop, no non-finite loss, no flagged gradients</p>"
+            )
+        )
         parts.append("<h3>Epochs</h3>" + _table(tr["epochs"]))
 
     if "data" in result:
@@ -126,12 +178,22 @@ def render_report(result: dict[str, Any]) -> str:
         parts.append("<h2>Model</h2>" + _kv_table(result["model"]))
     if "timings" in result:
         parts.append("<h2>Timings (s)</h2>" + _kv_table(result["timings"]))
-    parts.append("<h2>Resolved recipe</h2><pre>"
-                 + html.escape(yaml.safe_dump(result.get("recipe", {}), sort_keys=False)) + "</pre>")  # fmt: skip
-    parts.append("<h2>Environment</h2><pre>"
-                 + html.escape(json.dumps(result.get("environment", {}), indent=2)) + "</pre>")  # fmt: skip
+    parts.append(
+        "<h2>Resolved recipe</h2><pre>"
+        + html.escape(yaml.safe_dump(result.get("recipe", {}), sort_keys=False))
+        + "</pre>"
+    )
+    parts.append(
+        "<h2>Environment</h2><pre>"
+        + html.escape(json.dumps(result.get("environment", {}), indent=2))
+        + "</pre>"
+    )
     if notes:
-        parts.append("<h2>Report notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        parts.append(
+            "<h2>Report notes</h2><ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+            + "</ul>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def to_png(fig: Figure) -> bytes:
@@ -45,16 +45,28 @@ def confusion_matrix(cm: list[list[int]], class_names: list[str]) -> bytes:
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * k, 0.8 + 0.5 * k))
     ax.imshow(m, cmap="Blues")
-    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true",
-           title="confusion matrix")  # fmt: skip
+    ax.set(
+        xticks=range(k),
+        yticks=range(k),
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
     ax.set_xticklabels(class_names, rotation=90 if k > 10 else 0)
     ax.set_yticklabels(class_names)
     if k <= 20:
         threshold = m.max() / 2 if m.size else 0
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if m[i, j] > threshold else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if m[i, j] > threshold else "black",
+                )
     return to_png(fig)
 
 
@@ -64,8 +76,13 @@ def roc_curves(roc: dict[str, Any]) -> bytes:
     for name, c in roc.items():
         ax.plot(c["fpr"], c["tpr"], lw=1.2, label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (one-vs-rest)",
-           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.set(
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        title="ROC (one-vs-rest)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return to_png(fig)
@@ -74,9 +91,16 @@ def roc_curves(roc: dict[str, Any]) -> bytes:
 def pr_curves(pr: dict[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, c in pr.items():
-        ax.step(c["recall"], c["precision"], where="post", lw=1.2, label=f"{name} (AP {c['ap']:.3f})")
-    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (one-vs-rest)",
-           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+        ax.step(
+            c["recall"], c["precision"], where="post", lw=1.2, label=f"{name} (AP {c['ap']:.3f})"
+        )
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        title="precision-recall (one-vs-rest)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     return to_png(fig)
@@ -89,8 +113,14 @@ def reliability_diagram(rel: dict[str, Any], ece: float) -> bytes:
     count = np.asarray(rel["count"])
     used = count > 0
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
-    ax.bar(centers[used], np.asarray(rel["accuracy"])[used], width=width, edgecolor="k",
-           alpha=0.8, label="accuracy")  # fmt: skip
+    ax.bar(
+        centers[used],
+        np.asarray(rel["accuracy"])[used],
+        width=width,
+        edgecolor="k",
+        alpha=0.8,
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
     ax.set(ylabel="accuracy", title=f"reliability diagram (ECE {ece:.4f})", ylim=(0, 1))
     ax.legend(loc="upper left")

@@ -87,7 +87,9 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {k: split_tensors(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
-        return {"__items__": [[k, split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+        return {
+            "__items__": [[k, split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]
+        }
     if isinstance(obj, list | tuple):
         return [split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
     return obj
@@ -141,7 +143,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
     if META_KEY not in header:
         raise CheckpointError(f"checkpoint {p} has no dlforge metadata (not written by dlforge?)")
-    return json.loads(header[META_KEY])  # type: ignore[no-any-return]
+    return json.loads(header[META_KEY])
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.Module:
@@ -182,4 +184,4 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
 def load_train_state(path: str | Path) -> dict[str, Any]:
     skeleton = read_meta(path)
     tensors = load_file(str(path))
-    return join_tensors(skeleton, tensors)  # type: ignore[no-any-return]
+    return join_tensors(skeleton, tensors)

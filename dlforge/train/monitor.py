@@ -49,13 +49,13 @@ class GradientMonitor:
         """Mean norm per layer over the epoch's samples, and the flagged layers; then reset."""
         if self._samples == 0:
             return {"norms": {}, "vanishing": [], "exploding": []}
-        norms = {name: self._sums[name] / self._samples for name in self.layers if name in self._sums}
+        norms = {
+            name: self._sums[name] / self._samples for name in self.layers if name in self._sums
+        }
         self._sums.clear()
         self._samples = 0
         return {
             "norms": norms,
             "vanishing": [n for n, v in norms.items() if v < self.cfg.vanishing_below],
-            "exploding": [
-                n for n, v in norms.items() if v > self.cfg.exploding_above or v != v
-            ],
+            "exploding": [n for n, v in norms.items() if v > self.cfg.exploding_above or v != v],
         }

@@ -22,7 +22,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     state: dict[str, Any] = {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],

@@ -85,7 +85,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, model)
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.loss_fn: LossFn = loss_fn or nn.CrossEntropyLoss(
             weight=weight, label_smoothing=cfg.label_smoothing
@@ -135,8 +135,10 @@ class Trainer:
             self._restore(Path(resume), train_loader.generator)
         log.info(
             "training on %s, precision %s, channels_last %s",
-            self.device, self.precision.name, self.channels_last,
-        )  # fmt: skip
+            self.device,
+            self.precision.name,
+            self.channels_last,
+        )
         while self.epoch < cfg.epochs:
             metrics = self._train_epoch(train_loader)
             if val_loader is not None:
@@ -144,7 +146,10 @@ class Trainer:
             self.epoch += 1
             metrics["epoch"] = self.epoch
             self._end_epoch(metrics, monitor_name, train_loader.generator)
-            if cfg.early_stopping.patience is not None and self._bad_epochs > cfg.early_stopping.patience:
+            if (
+                cfg.early_stopping.patience is not None
+                and self._bad_epochs > cfg.early_stopping.patience
+            ):
                 self.history.events.append(
                     f"early stop after epoch {self.epoch}: {monitor_name} did not improve "
                     f"for {self._bad_epochs} epochs"
@@ -309,9 +314,10 @@ class Trainer:
         self.history.epochs.append(metrics)
         log.info(
             "epoch %d/%d %s",
-            self.epoch, self.config.epochs,
+            self.epoch,
+            self.config.epochs,
             " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"),
-        )  # fmt: skip
+        )
         if self.out_dir is not None:
             meta = {**self.meta, "epoch": self.epoch, "step": self.step, "metrics": metrics}
             if improved:
@@ -376,4 +382,3 @@ class Trainer:
     def _show_progress(self) -> bool:
         mode = self.config.progress
         return mode == "on" or (mode == "auto" and sys.stderr.isatty())
-

@@ -1,0 +1,81 @@
+"""End to end through the CLI: run, evaluate, report, train --resume, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlforge.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        str(ROOT / "recipes/default.yaml"),
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "train.epochs=3",
+        *[a for e in extra for a in ("--set", e)],
+    ]
+
+
+def test_run_evaluate_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "run", *quick(tmp_path)]) == 0
+    run_dir = tmp_path / "default"
+    for name in (
+        "report.html",
+        "metrics.json",
+        "recipe.yaml",
+        "checkpoints/best.safetensors",
+        "checkpoints/best.json",
+        "checkpoints/last.state.safetensors",
+    ):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["recipe"]["train"]["epochs"] == 3  # the resolved recipe, overrides applied
+    assert "train.epochs" not in (run_dir / "recipe.yaml").read_text()
+    acc = metrics["evaluate"]["summary"]["accuracy"]
+    assert acc > 0.5
+    capsys.readouterr()
+
+    # evaluate rebuilds the model and data from the checkpoint alone
+    out = tmp_path / "eval.json"
+    assert (
+        main(["-q", "evaluate", str(run_dir / "checkpoints/best.safetensors"), "--out", str(out)])
+        == 0
+    )
+    assert json.loads(out.read_text())["summary"]["accuracy"] == pytest.approx(acc)
+
+    (run_dir / "report.html").unlink()
+    assert main(["-q", "report", str(run_dir)]) == 0
+    assert "data-figure='confusion_matrix'" in (run_dir / "report.html").read_text()
+
+
+def test_train_then_resume(tmp_path: Path) -> None:
+    assert main(["-q", "train", *quick(tmp_path, "train.epochs=2")]) == 0
+    assert main(["-q", "train", *quick(tmp_path, "train.epochs=4"), "--resume"]) == 0
+    metrics = json.loads((tmp_path / "default/metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["train"]["epochs"]] == [1, 2, 3, 4]
+    assert any("resumed" in e for e in metrics["train"]["events"])
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", *quick(tmp_path, "train.optimizer.lrr=0.1")]) == 2
+    assert "unknown key 'train.optimizer.lrr'; did you mean 'lr'?" in capsys.readouterr().err
+    assert main(["run", *quick(tmp_path, "data.source=npz", f"data.path={tmp_path}/none.npz")]) == 2
+    assert "npz file not found" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope.safetensors")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_console_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dlforge", "models"], capture_output=True, text=True, check=True
+    )
+    assert "resnet20" in out.stdout.split()
