@@ -52,7 +52,9 @@ def main() -> None:
     print(f"\n## MNIST-1D test accuracy, {args.seeds} seeds\n")
     print(table(rows))
     cnn = statistics.mean(raw["cnn"])
-    print(f"\nshipped CNN recipe: {cnn:.4f} (target >= 0.94: {'met' if cnn >= 0.94 else 'NOT met'})")
+    print(
+        f"\nshipped CNN recipe: {cnn:.4f} (target >= 0.94: {'met' if cnn >= 0.94 else 'NOT met'})"
+    )
     save("reproduce_mnist1d", {"rows": rows, "accuracies": raw, "args": vars(args)})
 
 

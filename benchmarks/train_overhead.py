@@ -62,7 +62,9 @@ def overhead(rounds: int, epochs: int) -> dict:
     base = median(times["plain loop"])
     ours = median(times["dlforge Trainer"])
     return {
-        "rows": [{"loop": k, "samples/s (median)": median(v), "runs": len(v)} for k, v in times.items()],
+        "rows": [
+            {"loop": k, "samples/s (median)": median(v), "runs": len(v)} for k, v in times.items()
+        ],
         "overhead_pct": 100 * (base - ours) / base,
     }
 
@@ -106,7 +108,11 @@ def precision_vs_fp32(seeds: int, epochs: int) -> dict:
          "test acc (std)": statistics.pstdev(acc[k])}
         for k in variants
     ]  # fmt: skip
-    return {"rows": rows, "speedup": median(speed["auto"]) / median(speed["fp32, NCHW"]), "acc": acc}
+    return {
+        "rows": rows,
+        "speedup": median(speed["auto"]) / median(speed["fp32, NCHW"]),
+        "acc": acc,
+    }
 
 
 def main() -> None:

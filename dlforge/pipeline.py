@@ -82,7 +82,7 @@ def train_stage(
     """Data, model and training; returns the trained model (best weights) and the result so far."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    seed_everything(recipe.seed, recipe.train.deterministic)
+    seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     t = _stage(timings, "data", t)
     model = create_model(

@@ -341,3 +341,26 @@ def test_lr_logged_per_step_follows_schedule() -> None:
     assert len(lrs) == 16
     assert lrs[:4] == pytest.approx([0.05 * k / 4 for k in (1, 2, 3, 4)])
     assert lrs[-1] < lrs[4]
+
+
+def test_auto_precision_on_cuda_without_bf16_is_fp16_with_scaler(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = resolve_precision("auto", torch.device("cuda"))
+    assert p.name == "fp16" and p.dtype == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")).name == "bf16"
+    with pytest.raises(ValueError, match="no bf16"):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+        resolve_precision("bf16", torch.device("cuda"))
+
+
+def test_deterministic_mode_is_scoped_and_reproducible() -> None:
+    ds = toy_data()
+    weights = []
+    for _ in range(2):
+        model = mlp(dropout=0.2)
+        torch.manual_seed(3)
+        Trainer(model, fp32(epochs=2, deterministic=True)).fit(loader(ds))
+        weights.append(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after fit

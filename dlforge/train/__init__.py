@@ -22,7 +22,7 @@ from dlforge.train.monitor import GradientMonitor
 from dlforge.train.optim import build_optimizer, l1_penalty, param_groups, split_decay
 from dlforge.train.precision import Precision, pick_device, resolve_channels_last, resolve_precision
 from dlforge.train.schedule import LRSchedule, metric_mode
-from dlforge.train.seed import rng_state, seed_everything, set_rng_state
+from dlforge.train.seed import deterministic_mode, rng_state, seed_everything, set_rng_state
 from dlforge.train.trainer import History, NonFiniteLossError, Trainer
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "build_optimizer",
+    "deterministic_mode",
     "l1_penalty",
     "load_train_state",
     "load_weights",

@@ -37,7 +37,7 @@ from dlforge.train.monitor import GradientMonitor
 from dlforge.train.optim import build_optimizer, l1_penalty, split_decay
 from dlforge.train.precision import pick_device, resolve_channels_last, resolve_precision
 from dlforge.train.schedule import LRSchedule, metric_mode
-from dlforge.train.seed import rng_state, set_rng_state
+from dlforge.train.seed import deterministic_mode, rng_state, set_rng_state
 
 log = logging.getLogger("dlforge.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -116,9 +116,13 @@ class Trainer:
         val_loader: DataLoader | None = None,
         resume: str | Path | None = None,
     ) -> History:
+        with deterministic_mode(self.config.deterministic):
+            return self._fit(train_loader, val_loader, resume)
+
+    def _fit(
+        self, train_loader: DataLoader, val_loader: DataLoader | None, resume: str | Path | None
+    ) -> History:
         cfg = self.config
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
         steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulate_steps)
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.epochs
