@@ -43,7 +43,7 @@ def plain_loop(model: torch.nn.Module, loader: DataLoader, epochs: int, lr: floa
 def overhead(rounds: int, epochs: int) -> dict:
     data = load_data(DataConfig(source="digits"), seed=0)
     x, y = data.train
-    cfg = TrainConfig(epochs=epochs, precision="fp32", channels_last="off", progress="off",
+    cfg = TrainConfig(epochs=epochs, precision="fp32", channels_last=False, progress=False,
                       optimizer=OptimizerConfig(name="adamw", lr=1e-3), restore_best=False)  # fmt: skip
     samples = len(y) * epochs
     times: dict[str, list[float]] = {"plain loop": [], "dlforge Trainer": []}
@@ -81,7 +81,7 @@ def upsampled_digits(size: int = 32):
 def precision_vs_fp32(seeds: int, epochs: int) -> dict:
     data = upsampled_digits()
     variants = {
-        "fp32, NCHW": dict(precision="fp32", channels_last="off"),
+        "fp32, NCHW": dict(precision="fp32", channels_last=False),
         "auto": dict(precision="auto", channels_last="auto"),
     }
     speed: dict[str, list[float]] = {k: [] for k in variants}
@@ -92,7 +92,7 @@ def precision_vs_fp32(seeds: int, epochs: int) -> dict:
         for name in order:
             torch.manual_seed(seed)
             model = create_model("resnet20", data.input_shape, data.num_classes)
-            cfg = TrainConfig(epochs=epochs, batch_size=64, progress="off",
+            cfg = TrainConfig(epochs=epochs, batch_size=64, progress=False,
                               optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4),
                               **variants[name])  # fmt: skip
             trainer = Trainer(model, cfg)

@@ -78,3 +78,9 @@ def test_cnn_dimensionality_follows_input() -> None:
     assert any(isinstance(m, nn.Conv2d) for m in create_model("cnn", (1, 8, 8), 10).modules())
     flat = create_model("cnn", (1, 40), 10, stride=[1, 2], pool="flatten", kernel_size=4)
     assert flat(torch.randn(2, 1, 40)).shape == (2, 10)
+
+
+def test_fixed_depth_resnets_check_their_arguments() -> None:
+    with pytest.raises(ConfigError, match="model 'resnet20' has no argument 'widht'.*'width'"):
+        create_model("resnet20", (3, 8, 8), 10, widht=8)
+    assert create_model("resnet32", (3, 8, 8), 10, width=8).fc.in_features == 32

@@ -8,6 +8,7 @@ zero-pad the new channels, no parameters, as in the paper's CIFAR models) or "pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -111,32 +112,9 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))))
 
 
-def _resnet_factory(depth: int) -> None:
-    def factory(
-        input_shape: Sequence[int],
-        num_classes: int,
-        width: int = 16,
-        shortcut: str = "identity",
-        zero_init_residual: bool = False,
-    ) -> nn.Module:
-        return ResNet(input_shape, num_classes, depth, width, shortcut, zero_init_residual)
-
-    factory.__doc__ = f"CIFAR-style ResNet-{depth}."
-    register_model(f"resnet{depth}")(factory)
+register_model("resnet")(ResNet)  # any depth 6n + 2: create_model("resnet", ..., depth=110)
 
 
 for _depth in (20, 32, 56):
-    _resnet_factory(_depth)
-
-
-@register_model("resnet")
-def resnet(
-    input_shape: Sequence[int],
-    num_classes: int,
-    depth: int = 20,
-    width: int = 16,
-    shortcut: str = "identity",
-    zero_init_residual: bool = False,
-) -> nn.Module:
-    """CIFAR-style ResNet of any depth 6n + 2."""
-    return ResNet(input_shape, num_classes, depth, width, shortcut, zero_init_residual)
+    # partial keeps ResNet's signature, so create_model still rejects unknown keyword arguments.
+    register_model(f"resnet{_depth}")(functools.partial(ResNet, depth=_depth))

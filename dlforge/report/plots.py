@@ -70,39 +70,30 @@ def confusion_matrix(cm: list[list[int]], class_names: list[str]) -> bytes:
     return to_png(fig)
 
 
+def _curve_panel(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
 def roc_curves(roc: dict[str, Any]) -> bytes:
     """One-vs-rest ROC: true-positive rate against false-positive rate, per class."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _curve_panel("ROC (one-vs-rest)", "false-positive rate", "true-positive rate")
     for name, c in roc.items():
         ax.plot(c["fpr"], c["tpr"], lw=1.2, label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax.set(
-        xlabel="false-positive rate",
-        ylabel="true-positive rate",
-        title="ROC (one-vs-rest)",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
     ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
     return to_png(fig)
 
 
 def pr_curves(pr: dict[str, Any]) -> bytes:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    """One-vs-rest precision-recall curves, drawn as steps (AP is the area under the steps)."""
+    fig, ax = _curve_panel("precision-recall (one-vs-rest)", "recall", "precision")
     for name, c in pr.items():
-        ax.step(
-            c["recall"], c["precision"], where="post", lw=1.2, label=f"{name} (AP {c['ap']:.3f})"
-        )
-    ax.set(
-        xlabel="recall",
-        ylabel="precision",
-        title="precision-recall (one-vs-rest)",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
+        label = f"{name} (AP {c['ap']:.3f})"
+        ax.step(c["recall"], c["precision"], where="post", lw=1.2, label=label)
     ax.legend(fontsize=7, loc="lower left")
-    ax.grid(alpha=0.3)
     return to_png(fig)
 
 

@@ -86,13 +86,13 @@ class TrainConfig:
     clip_grad_value: float | None = None
     accumulate_steps: int = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for 2-D conv nets
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     restore_best: bool = True  # end the run with the best checkpoint's weights
     on_nonfinite: Literal["stop", "skip"] = "stop"
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
     deterministic: bool = False
-    progress: Literal["auto", "on", "off"] = "auto"
+    progress: bool | Literal["auto"] = "auto"  # auto: when stderr is a terminal
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate_steps < 1:

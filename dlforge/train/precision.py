@@ -68,11 +68,11 @@ def has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def resolve_channels_last(requested: str, model: nn.Module) -> bool:
+def resolve_channels_last(requested: bool | str, model: nn.Module) -> bool:
     """'auto': on for 2-D conv nets (NHWC lets oneDNN/cuDNN skip layout conversions)."""
     if requested == "auto":
         return has_conv2d(model)
-    return requested == "on"
+    return bool(requested)
 
 
 def pick_device() -> torch.device:

@@ -385,4 +385,4 @@ class Trainer:
 
     def _show_progress(self) -> bool:
         mode = self.config.progress
-        return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        return mode is True or (mode == "auto" and sys.stderr.isatty())
