@@ -136,7 +136,7 @@ class HistogramObserver(Observer):
     @property
     def centers(self) -> np.ndarray:
         e = self.edges
-        return (e[:-1] + e[1:]) / 2  # type: ignore[no-any-return]
+        return (e[:-1] + e[1:]) / 2
 
     def _clip(self, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(max(lo, self.min_seen)), torch.tensor(min(hi, self.max_seen))
@@ -153,7 +153,7 @@ class PercentileObserver(HistogramObserver):
         cdf = np.cumsum(self.hist) / self.hist.sum()
         edges = self.edges
         lo = edges[np.searchsorted(cdf, 1 - self.percentile / 100)]
-        hi = edges[min(np.searchsorted(cdf, self.percentile / 100) + 1, self.bins)]
+        hi = edges[min(int(np.searchsorted(cdf, self.percentile / 100)) + 1, self.bins)]
         return self._clip(float(lo), float(hi))
 
 

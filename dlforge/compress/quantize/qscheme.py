@@ -112,7 +112,7 @@ class _FakeQuantSTE(torch.autograd.Function):
     0 where the value was clamped (Bengio et al., 2013; as ``torch.fake_quantize_*``)."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, axis):  # type: ignore[no-untyped-def]
+    def forward(ctx, x, scale, zero_point, qmin, qmax, axis):
         inv = 1.0 / _shape(scale.float(), x, axis)
         zp = _shape(zero_point, x, axis)
         codes = torch.round(x * inv) + zp
@@ -120,7 +120,7 @@ class _FakeQuantSTE(torch.autograd.Function):
         return (torch.clamp(codes, qmin, qmax) - zp) * _shape(scale.float(), x, axis)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+    def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
         return grad * inside, None, None, None, None, None
 
