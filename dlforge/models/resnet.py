@@ -21,17 +21,20 @@ from dlforge.models.registry import register_model
 
 
 class PadShortcut(nn.Module):
-    """Option A shortcut: subsample by ``stride`` and zero-pad channels to ``c_out``."""
+    """Option A shortcut: subsample by ``stride`` and zero-pad channels to ``c_out``.
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    The number of spatial dimensions is fixed at construction (no ``x.dim()`` in forward), so
+    the block traces with torch.fx for quantization and pruning.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, ndim: int) -> None:
         super().__init__()
-        self.extra, self.stride = c_out - c_in, stride
+        self.extra, self.stride, self.ndim = c_out - c_in, stride, ndim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)
-        x = x[index]
+        index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * self.ndim
         # F.pad takes (last-dim pads..., channel pad) from the last dimension backwards.
-        return F.pad(x, [0, 0] * (x.dim() - 2) + [0, self.extra])
+        return F.pad(x[index], [0, 0] * self.ndim + [0, self.extra])
 
 
 class BasicBlock(nn.Module):
@@ -45,7 +48,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             if shortcut == "identity":
-                self.shortcut = PadShortcut(c_in, c_out, stride)
+                self.shortcut = PadShortcut(c_in, c_out, stride, ndim)
             else:
                 self.shortcut = nn.Sequential(
                     conv(c_in, c_out, 1, stride=stride, bias=False), bn(c_out)

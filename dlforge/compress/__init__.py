@@ -1,0 +1,1 @@
+"""Model compression: quantization now; pruning, distillation and low-rank come next."""

@@ -1,0 +1,269 @@
+"""Fake-quantized model: BN folded, weights and activations quantized where int8 kernels will be.
+
+``prepare(model, QuantConfig(...))`` returns a traced copy in which
+- every Conv1d/Conv2d/Linear becomes a ``QuantLayer`` (weights fake-quantized, per channel by
+  default);
+- an ``ActQuant`` sits on every tensor that feeds or leaves a quantized op (conv, linear, add,
+  pooling), placed after a ReLU that directly follows the op, so the exported graph has the
+  QDQ pattern ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, ...).
+Layers with parameters that are none of these stay in float and are listed.
+
+The forward passes use PyTorch's ``fake_quantize_*`` ops, which our arithmetic reproduces bit for
+bit (tests/test_qscheme.py) and which export to ONNX QuantizeLinear/DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from dlforge.compress.quantize.fold import fold_batch_norm
+from dlforge.compress.quantize.observers import make_observer
+from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
+
+QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+RELU_FUNCS = (F.relu, torch.relu)
+POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
+                nn.MaxPool1d, nn.MaxPool2d)  # fmt: skip
+ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+
+
+@dataclass
+class QuantConfig:
+    weight_bits: int = 8
+    activation_bits: int = 8
+    weight_scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    activation_scheme: Literal["asymmetric", "symmetric"] = "asymmetric"
+    # uint8 activations: x86 ORT kernels are U8S8 (uint8 x int8); signed int8 left half the
+    # convs in float in our measurements (BENCHMARKS.md).
+    activation_signed: bool = False
+    granularity: Literal["per_channel", "per_tensor"] = "per_channel"  # for weights
+    observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    calibration_batches: int = 16
+    learn_step_size: bool = False  # QAT: LSQ weight scales (Esser et al., 2020)
+    skip: list[str] = field(default_factory=list)  # layer names to keep in float
+
+    def weight_spec(self) -> QuantSpec:
+        return QuantSpec(
+            bits=self.weight_bits,
+            symmetric=self.weight_scheme == "symmetric",
+            signed=True,
+            per_channel=self.granularity == "per_channel",
+            axis=0,
+        )
+
+    def activation_spec(self) -> QuantSpec:
+        return QuantSpec(
+            bits=self.activation_bits,
+            symmetric=self.activation_scheme == "symmetric",
+            signed=self.activation_signed,
+        )
+
+
+class ActQuant(nn.Module):
+    """Observes activations while calibrating, then fake-quantizes them per tensor."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(self, spec: QuantSpec, observer: str) -> None:
+        super().__init__()
+        self.spec, self.observer_name = spec, observer
+        self.observer = make_observer(observer, spec)
+        # Scalars (0-d): ONNX per-tensor Q/DQ, e.g. QLinearAdd, require scalar qparams.
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+        self.mode: Literal["observe", "quantize", "float"] = "observe"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "observe":
+            self.observer.update(x)
+            return x
+        if self.mode == "float":
+            return x
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax
+        )
+
+    def freeze(self) -> None:
+        scale, zp = self.observer.qparams()
+        self.scale.copy_(scale.reshape(()))
+        self.zero_point.copy_(zp.reshape(()))
+        self.mode = "quantize"
+
+
+class QuantLayer(nn.Module):
+    """A conv/linear whose weights are fake-quantized (qparams refreshed while training)."""
+
+    layer: nn.Conv1d | nn.Conv2d | nn.Linear
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(self, layer: nn.Module, spec: QuantSpec, learn_step_size: bool = False) -> None:
+        super().__init__()
+        assert isinstance(layer, QUANT_LAYERS)
+        self.layer, self.spec, self.lsq = layer, spec, learn_step_size
+        scale, zp = self._minmax_qparams()
+        self.register_buffer("zero_point", zp)
+        if learn_step_size:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+
+    def _minmax_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.layer.weight.detach()
+        if self.spec.per_channel:
+            flat = w.reshape(w.shape[0], -1)
+            return compute_qparams(flat.amin(1), flat.amax(1), self.spec)
+        scale, zp = compute_qparams(w.min(), w.max(), self.spec)
+        return scale.reshape(1), zp.reshape(1)
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.layer.weight
+        spec = self.spec
+        if self.lsq and self.training:
+            return fake_quantize_lsq(
+                w, self.scale, spec.qmin, spec.qmax, 0 if spec.per_channel else None
+            )
+        if self.training:  # QAT with min-max weights: follow the moving weights
+            scale, zp = self._minmax_qparams()
+            self.scale.data.copy_(scale)
+            self.zero_point.copy_(zp)
+        scale = self.scale.detach() if self.lsq else self.scale
+        # Symmetric codes never reach -2^(b-1), so the full range gives identical values; ONNX
+        # export accepts only full int8/uint8 ranges for QuantizeLinear.
+        qmin = -(2 ** (spec.bits - 1)) if spec.signed else spec.qmin
+        if spec.per_channel:
+            return torch.fake_quantize_per_channel_affine(
+                w, scale, self.zero_point, 0, qmin, spec.qmax
+            )
+        return torch.fake_quantize_per_tensor_affine(w, scale, self.zero_point, qmin, spec.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.quantized_weight()
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, self.layer.bias)
+        return self.layer._conv_forward(x, w, self.layer.bias)
+
+
+@dataclass
+class QuantPlan:
+    """What ``prepare`` did: the traced model and which layers it quantized or left in float."""
+
+    model: fx.GraphModule
+    config: QuantConfig
+    folded_bn: list[str]
+    quantized: list[str]
+    float_layers: list[str]
+    activation_quantizers: list[str]
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in RELU_FUNCS
+    return node.op == "call_method" and node.target == "relu"
+
+
+def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, QuantLayer):
+            return "layer"
+        if isinstance(m, POOL_MODULES):
+            return "pool"
+    if node.op == "call_function" and node.target in ADD_FUNCS:
+        return "add"
+    if node.op == "call_method" and node.target == "add":
+        return "add"
+    return "other"
+
+
+def prepare(model: nn.Module, config: QuantConfig | None = None) -> QuantPlan:
+    """Fold BN, wrap quantizable layers and insert activation quantizers (in observe mode)."""
+    config = config or QuantConfig()
+    gm, folded = fold_batch_norm(model)
+    quantized, float_layers = [], []
+    for name, module in list(gm.named_modules()):
+        if not name or any(True for _ in module.children()):
+            continue
+        if isinstance(module, QUANT_LAYERS) and name not in config.skip:
+            gm.set_submodule(name, QuantLayer(module, config.weight_spec(), config.learn_step_size))
+            quantized.append(name)
+        elif any(True for _ in module.parameters(recurse=False)):
+            float_layers.append(name)
+    modules = dict(gm.named_modules())
+    graph = gm.graph
+    quantizers: dict[fx.Node, fx.Node] = {}  # producer -> its ActQuant node
+    names: list[str] = []
+
+    def quantize_output(producer: fx.Node) -> fx.Node:
+        if producer in quantizers:
+            return quantizers[producer]
+        name = f"act_quant_{len(names)}"
+        gm.add_submodule(name, ActQuant(config.activation_spec(), config.observer))
+        names.append(name)
+        with graph.inserting_after(producer):
+            q = graph.call_module(name, (producer,))
+        producer.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        quantizers[producer] = q
+        quantizers[q] = q
+        return q
+
+    for node in list(graph.nodes):
+        kind = _kind(node, modules)
+        if kind == "other":
+            continue
+        for arg in node.all_input_nodes:
+            quantize_output(arg)
+        users = list(node.users)
+        if any(u.op == "output" for u in users):
+            continue  # the model's output stays float (logits)
+        if len(users) == 1 and _is_relu(users[0], modules):
+            quantize_output(users[0])  # after the ReLU: its range [0, max] absorbs the ReLU
+        else:
+            quantize_output(node)
+    graph.lint()
+    gm.recompile()
+    return QuantPlan(gm, config, folded, quantized, float_layers, names)
+
+
+def act_quantizers(model: nn.Module) -> list[ActQuant]:
+    return [m for m in model.modules() if isinstance(m, ActQuant)]
+
+
+@torch.no_grad()
+def calibrate(
+    plan: QuantPlan, batches: list[torch.Tensor] | torch.utils.data.DataLoader
+) -> QuantPlan:
+    """Run calibration batches through the observers, then switch to fake quantization."""
+    model = plan.model.eval()
+    for q in act_quantizers(model):
+        q.mode = "observe"
+    seen = 0
+    for batch in batches:
+        if seen >= plan.config.calibration_batches:
+            break
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        model(x)
+        seen += 1
+    if seen == 0:
+        raise ValueError("calibration needs data: the calibration loader yielded no batches")
+    for q in act_quantizers(model):
+        q.freeze()
+    return plan
+
+
+def ptq(
+    model: nn.Module,
+    calibration: list[torch.Tensor] | torch.utils.data.DataLoader,
+    config: QuantConfig | None = None,
+) -> QuantPlan:
+    """Post-training quantization: fold BN, quantize weights, calibrate activations."""
+    return calibrate(prepare(model, config), calibration)

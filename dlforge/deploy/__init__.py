@@ -1,0 +1,6 @@
+"""Deployment: ONNX export (float and QDQ int8) and ONNX Runtime sessions."""
+
+from dlforge.deploy.export import export_onnx
+from dlforge.deploy.runtime import OrtModel
+
+__all__ = ["OrtModel", "export_onnx"]

@@ -1,0 +1,112 @@
+"""PTQ end to end: fake-quantized PyTorch model, QDQ ONNX export, ONNX Runtime int8 agreement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from dlforge.compress.quantize.fakequant import QuantConfig, act_quantizers, calibrate, prepare, ptq
+from dlforge.deploy.export import export_onnx
+from dlforge.deploy.runtime import OrtModel
+from dlforge.models import create_model
+from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(digits):
+    torch.manual_seed(0)
+    model = create_model("cnn", digits.input_shape, digits.num_classes)
+    cfg = TrainConfig(epochs=6, progress=False, optimizer=OptimizerConfig(lr=3e-3))
+    Trainer(model, cfg).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
+    return model.eval().to(memory_format=torch.contiguous_format)
+
+
+def calib(digits, n: int = 8) -> list[torch.Tensor]:
+    x = digits.train[0]
+    return [x[i : i + 64] for i in range(0, 64 * n, 64)]
+
+
+def test_ptq_keeps_accuracy_and_ort_agrees(trained_cnn, digits, tmp_path: Path) -> None:
+    plan = ptq(trained_cnn, calib(digits))
+    assert plan.quantized == ["0", "3", "8"] and plan.float_layers == []
+    assert len(plan.folded_bn) == 2
+    x, y = digits.test
+    with torch.no_grad():
+        fp32 = trained_cnn(x)
+        fq = plan.model(x)
+    acc_fp32 = (fp32.argmax(1) == y).float().mean().item()
+    acc_fq = (fq.argmax(1) == y).float().mean().item()
+    assert acc_fq >= acc_fp32 - 0.01
+
+    f32_path = export_onnx(trained_cnn, x[:1], tmp_path / "fp32.onnx")
+    q_path = export_onnx(plan.model, x[:1], tmp_path / "int8.onnx")
+    ort_fp32 = OrtModel(f32_path, threads=1).predict(x.numpy())
+    np.testing.assert_allclose(ort_fp32, fp32.numpy(), rtol=1e-4, atol=1e-4)
+    ort_int8 = OrtModel(q_path, threads=1).predict(x.numpy())
+    agreement = (ort_int8.argmax(1) == fq.argmax(1).numpy()).mean()
+    assert agreement >= 0.99
+    scale = np.abs(fq.numpy()).max()
+    assert np.abs(ort_int8 - fq.numpy()).max() < 0.05 * scale
+
+    graph = onnx.load(q_path).graph
+    int8_weights = [
+        t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+    ]
+    assert len(int8_weights) == 3  # every conv/linear weight is stored as int8
+    assert not any(
+        t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2 for t in graph.initializer
+    )
+    assert not any(n.op_type == "Relu" for n in graph.node)  # absorbed by the quantizers
+
+
+def test_resnet_file_shrinks_and_all_convs_run_int8(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", (3, 16, 16), 10).eval()
+    x = torch.randn(64, 3, 16, 16)
+    plan = ptq(model, [x[:32], x[32:]])
+    f32 = export_onnx(model, x[:1], tmp_path / "fp32.onnx")
+    q = export_onnx(plan.model, x[:1], tmp_path / "int8.onnx")
+    assert q.stat().st_size <= 0.27 * f32.stat().st_size
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(q), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert ops.count("QLinearConv") == 19 and "Conv" not in ops  # ORT fused every conv
+
+
+def test_unquantizable_layers_are_listed_and_skips_respected() -> None:
+    class WithNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(8, 16)
+            self.norm = nn.LayerNorm(16)
+            self.fc2 = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+    plan = prepare(WithNorm(), QuantConfig(skip=["fc2"]))
+    assert plan.quantized == ["fc1"]
+    assert plan.float_layers == ["norm", "fc2"]
+
+
+def test_calibration_without_data_is_an_error() -> None:
+    plan = prepare(create_model("mlp", (4,), 2), QuantConfig())
+    with pytest.raises(ValueError, match="calibration needs data"):
+        calibrate(plan, [])
+
+
+def test_observers_change_the_activation_ranges(trained_cnn, digits) -> None:
+    ranges = {}
+    for observer in ("minmax", "percentile"):
+        plan = ptq(trained_cnn, calib(digits), QuantConfig(observer=observer))
+        ranges[observer] = [q.scale.item() for q in act_quantizers(plan.model)]
+    assert all(p <= m for p, m in zip(ranges["percentile"], ranges["minmax"]))
+    assert ranges["percentile"] != ranges["minmax"]
