@@ -50,6 +50,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None, help="read the same kind of data from here")
     p.add_argument("--out", default=None, help="write the metrics JSON here")
 
+    p = sub.add_parser("quantize", help="int8 PTQ of a checkpoint, exported to ONNX (QDQ)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="quantize settings, e.g. --set quantize.observer=mse",
+    )
+    p.add_argument("--bench", action="store_true", help="also benchmark fp32 and int8")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the ONNX files and quantize.json (default: the run folder's deploy/)",
+    )
+
+    p = sub.add_parser("bench", help="latency, throughput, memory, size and accuracy of variants")
+    p.add_argument("checkpoint", help="the fp32 checkpoint (its eager model is the baseline)")
+    p.add_argument(
+        "--onnx",
+        nargs="*",
+        default=None,
+        help="ONNX files to compare (default: the run folder's deploy/*.onnx)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="harness settings, e.g. --set bench.threads=1",
+    )
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+
     p = sub.add_parser("report", help="re-render a run folder's report.html from metrics.json")
     p.add_argument("run_dir")
 
@@ -101,6 +136,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.out:
             atomic_write_json(args.out, result)
         print(json.dumps(result["summary"], indent=2))
+        return 0
+    if args.command == "quantize":
+        result = pipeline.quantize_checkpoint(args.checkpoint, args.overrides, args.out, args.bench)
+        acc = result["quantize"]["accuracy"]
+        print(
+            f"accuracy fp32 {acc['fp32']:.4f}  fake-quant {acc['fake_quant']:.4f}  "
+            f"ONNX Runtime int8 {acc['onnxruntime_int8']:.4f}"
+        )
+        for name, path in result["quantize"]["files"].items():
+            print(f"{name}: {path}")
+        for row in result.get("bench", {}).get("rows", []):
+            print(
+                f"{row['variant']:<28} p50 {row['latency_p50_ms']:.3f} ms  "
+                f"{row['throughput_x']:.2f}x throughput"
+            )
+        return 0
+    if args.command == "bench":
+        result = pipeline.bench_checkpoint(args.checkpoint, args.onnx, args.overrides)
+        if args.out:
+            atomic_write_json(args.out, result)
+        for row in result["rows"]:
+            print(
+                f"{row['variant']:<28} acc {row['accuracy']:.4f}  p50 {row['latency_p50_ms']:.3f} ms  "
+                f"p99 {row['latency_p99_ms']:.3f} ms  {row['throughput_x']:.2f}x throughput"
+            )
         return 0
     if args.command == "report":
         from dlforge.report import write_report

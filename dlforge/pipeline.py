@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dlforge.data import DataBundle, load_data
+from dlforge.deploy.stages import bench_stage, quantize_stage
 from dlforge.environment import environment
 from dlforge.evaluate import evaluate_model
 from dlforge.models import create_model
@@ -134,6 +135,14 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         seed=recipe.seed,
     )
     t = _stage(timings, "evaluate", t)
+    deploy_dir = run_dir / "deploy"
+    if recipe.quantize.enabled:
+        result["quantize"] = quantize_stage(model, data, recipe.quantize, deploy_dir)
+        t = _stage(timings, "quantize", t)
+    if recipe.bench.enabled:
+        files = result["quantize"]["files"] if "quantize" in result else {}
+        result["bench"] = bench_stage(model, data, recipe.bench, files)
+        t = _stage(timings, "bench", t)
     timings["total"] = round(time.perf_counter() - start, 3)
     result["timings"] = timings
     atomic_write_json(run_dir / "metrics.json", result)
@@ -180,3 +189,37 @@ def evaluate_checkpoint(
     )
     result["checkpoint"] = str(path)
     return result
+
+
+def quantize_checkpoint(
+    path: str | Path, overrides: list[str], out: str | None = None, bench: bool = False
+) -> dict[str, Any]:
+    """PTQ (and optionally benchmark) a checkpoint with its own data; writes quantize.json."""
+    model, meta = load_checkpoint(path)
+    recipe = recipe_from_dict(meta["recipe"], ["quantize.enabled=true", *overrides])
+    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
+    out_dir = Path(out) if out else Path(path).resolve().parent.parent / "deploy"
+    result: dict[str, Any] = {"checkpoint": str(path)}
+    result["quantize"] = quantize_stage(model, data, recipe.quantize, out_dir)
+    if bench:
+        result["bench"] = bench_stage(model, data, recipe.bench, result["quantize"]["files"])
+    atomic_write_json(out_dir / "quantize.json", result)
+    return result
+
+
+def bench_checkpoint(
+    path: str | Path, onnx_files: list[str] | None, overrides: list[str]
+) -> dict[str, Any]:
+    """Benchmark a checkpoint's eager model against ONNX files (default: the run's deploy/)."""
+    model, meta = load_checkpoint(path)
+    recipe = recipe_from_dict(meta["recipe"], ["bench.enabled=true", *overrides])
+    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
+    if onnx_files is None:
+        onnx_files = sorted(
+            str(p) for p in (Path(path).resolve().parent.parent / "deploy").glob("*.onnx")
+        )
+    missing = [f for f in onnx_files if not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"ONNX files not found: {missing}")
+    files = {Path(f).stem: f for f in onnx_files}
+    return bench_stage(model, data, recipe.bench, files)

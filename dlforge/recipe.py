@@ -15,6 +15,7 @@ import yaml
 
 from dlforge.config import ConfigError, from_dict, set_path, to_dict
 from dlforge.data.config import DataConfig
+from dlforge.deploy.stages import BenchStageConfig, QuantizeStageConfig
 from dlforge.evaluate.evaluate import EvalConfig
 from dlforge.models.registry import ModelConfig
 from dlforge.train.config import TrainConfig
@@ -34,6 +35,8 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
+    bench: BenchStageConfig = field(default_factory=BenchStageConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> None:

@@ -79,3 +79,56 @@ def test_console_entry_point() -> None:
         [sys.executable, "-m", "dlforge", "models"], capture_output=True, text=True, check=True
     )
     assert "resnet20" in out.stdout.split()
+
+
+def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = [
+        "quantize.enabled=true",
+        "bench.enabled=true",
+        "bench.rounds=1",
+        "bench.latency_iters=3",
+        "bench.warmup=1",
+        "bench.throughput_iters=1",
+    ]
+    assert main(["-q", "run", *quick(tmp_path, *extra)]) == 0
+    run_dir = tmp_path / "default"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    q = metrics["quantize"]
+    assert q["ort_vs_fake_quant_top1_agreement"] >= 0.99
+    assert abs(q["accuracy"]["onnxruntime_int8"] - q["accuracy"]["fp32"]) < 0.05
+    variants = [r["variant"] for r in metrics["bench"]["rows"]]
+    assert variants[0] == "fp32 eager (PyTorch)" and "int8 (ONNX Runtime)" in variants
+    assert metrics["bench"]["rows"][0]["throughput_x"] == 1.0
+    html = (run_dir / "report.html").read_text()
+    assert "data-figure='tradeoff'" in html and "Quantization (post-training, int8)" in html
+    capsys.readouterr()
+
+    ckpt = str(run_dir / "checkpoints/best.safetensors")
+    out = tmp_path / "q"
+    assert main(["-q", "quantize", ckpt, "--out", str(out), "--set", "quantize.observer=mse"]) == 0
+    saved = json.loads((out / "quantize.json").read_text())
+    assert saved["quantize"]["config"]["observer"] == "mse"
+    assert (out / "model_int8.onnx").stat().st_size < 0.35 * (
+        out / "model_fp32.onnx"
+    ).stat().st_size
+    assert (
+        main(
+            [
+                "-q",
+                "bench",
+                ckpt,
+                "--onnx",
+                str(out / "model_int8.onnx"),
+                "--set",
+                "bench.rounds=1",
+                "--set",
+                "bench.latency_iters=2",
+                "--set",
+                "bench.warmup=1",
+            ]
+        )
+        == 0
+    )
+    assert "model_int8 (ONNX Runtime)" in capsys.readouterr().out
+    assert main(["bench", ckpt, "--onnx", str(tmp_path / "none.onnx")]) == 2
+    assert "ONNX files not found" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from dlforge.train.checkpoint import atomic_write_text
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem;display:block;overflow-x:auto}
 td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 figure{margin:1rem 0} figcaption{color:#555;font-size:.85rem}
@@ -172,6 +172,48 @@ def render_report(result: dict[str, Any]) -> str:
         )
         parts.append("<h3>Epochs</h3>" + _table(tr["epochs"]))
 
+    qz = result.get("quantize")
+    if qz:
+        parts.append("<h2>Quantization (post-training, int8)</h2>")
+        parts.append(
+            _kv_table(
+                {
+                    **{f"accuracy: {k}": v for k, v in qz["accuracy"].items()},
+                    "ONNX Runtime vs fake-quant top-1 agreement": qz[
+                        "ort_vs_fake_quant_top1_agreement"
+                    ],
+                    "max |logit difference|": qz["ort_vs_fake_quant_max_abs_logit_diff"],
+                    "file bytes fp32": qz["bytes"]["fp32"],
+                    "file bytes int8": qz["bytes"]["int8"],
+                    "int8 / fp32 size": qz["bytes"]["int8"] / qz["bytes"]["fp32"],
+                }
+            )
+        )
+        parts.append(
+            _kv_table(
+                {
+                    "quantized layers": ", ".join(qz["quantized_layers"]) or "none",
+                    "layers left in float": ", ".join(qz["float_layers"]) or "none",
+                    "batch norms folded": ", ".join(qz["folded_batch_norms"]) or "none",
+                    "settings": ", ".join(f"{k}={v}" for k, v in qz["config"].items()),
+                }
+            )
+        )
+    bench = result.get("bench")
+    if bench:
+        parts.append(
+            f"<h2>Benchmark ({html.escape(str(bench['config'].get('threads')))} threads; "
+            f"baseline: {html.escape(bench['baseline'])})</h2>"
+        )
+        parts.append(_table(bench["rows"]))
+        parts.append(
+            _safe_figure(
+                "tradeoff",
+                lambda: plots.tradeoff(bench["rows"]),
+                "Accuracy against batch-1 latency for every variant.",
+                notes,
+            )
+        )
     if "data" in result:
         parts.append("<h2>Data</h2>" + _kv_table(result["data"]))
     if "model" in result:

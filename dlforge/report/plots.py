@@ -136,3 +136,28 @@ def gradient_norms(grad_norms: list[dict[str, float]]) -> bytes:
         ax.set_xticklabels([str(i + 1) for i in range(len(grad_norms))], fontsize=7)
     ax.set(xlabel="epoch", title="per-layer gradient norms")
     return to_png(fig)
+
+
+def tradeoff(rows: list[dict[str, Any]]) -> bytes:
+    """Accuracy against batch-1 latency; marker area grows with the file size on disk."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = [r.get("file_bytes") or 0 for r in rows]
+    biggest = max(sizes) or 1
+    for r, size in zip(rows, sizes):
+        area = 40 + 400 * size / biggest if size else 40
+        ax.scatter(
+            r["latency_p50_ms"],
+            r["accuracy"],
+            s=area,
+            alpha=0.7,
+            marker="o" if size else "s",
+            label=r["variant"],
+        )
+    ax.set(
+        xlabel="latency at batch 1, p50 (ms)",
+        ylabel="test accuracy",
+        title="accuracy vs latency (marker area: file size; squares: no file)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return to_png(fig)

@@ -1,0 +1,153 @@
+"""Benchmark harness: latency at batch 1, throughput at a large batch, peak memory, file size.
+
+Variants are measured in rounds, A/B interleaved, and summarised by medians: on a shared CPU a
+process can run twice as slow as the next one, and interleaving spreads that drift evenly.
+torch's thread count and ONNX Runtime's pool are set to the same number, and ORT's workers do
+not spin between calls, so one engine's idle threads do not slow the other.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BenchConfig:
+    threads: int = 2
+    warmup: int = 5
+    rounds: int = 5
+    latency_iters: int = 20  # batch-1 calls per round
+    throughput_batch: int = 64
+    throughput_iters: int = 5  # large-batch calls per round
+
+
+@dataclass
+class Variant:
+    name: str
+    run: Runner
+    file: Path | None = None
+    accuracy: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def torch_runner(model: nn.Module, autocast_dtype: torch.dtype | None = None) -> Runner:
+    model = model.eval()
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x)
+        if autocast_dtype is None:
+            return model(t).float().numpy()
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            return model(t).float().numpy()
+
+    return run
+
+
+def ort_runner(path: str | Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: x})[0])
+
+    return run
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux: writing 5 resets VmHWM (the peak resident set) for this process
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def benchmark(
+    variants: list[Variant], sample: np.ndarray, cfg: BenchConfig | None = None
+) -> list[dict[str, Any]]:
+    """Measure every variant on ``sample`` (N, ...) float32; N >= throughput_batch."""
+    cfg = cfg or BenchConfig()
+    torch.set_num_threads(cfg.threads)
+    one = np.ascontiguousarray(sample[:1], dtype=np.float32)
+    big = np.ascontiguousarray(sample[: cfg.throughput_batch], dtype=np.float32)
+    if len(big) < cfg.throughput_batch:
+        big = np.ascontiguousarray(
+            np.resize(sample, (cfg.throughput_batch, *sample.shape[1:])), dtype=np.float32
+        )
+    latencies: dict[str, list[float]] = {v.name: [] for v in variants}
+    throughput: dict[str, list[float]] = {v.name: [] for v in variants}
+    peak: dict[str, float | None] = {}
+    for v in variants:  # warm-up, and each variant's peak memory on its own
+        can_reset = _reset_peak_rss()
+        for _ in range(cfg.warmup):
+            v.run(one)
+            v.run(big)
+        peak[v.name] = _peak_rss_mib() if can_reset else None
+    for r in range(cfg.rounds):
+        for v in variants[:: 1 if r % 2 == 0 else -1]:
+            for _ in range(cfg.latency_iters):
+                start = time.perf_counter()
+                v.run(one)
+                latencies[v.name].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            for _ in range(cfg.throughput_iters):
+                v.run(big)
+            throughput[v.name].append(
+                cfg.throughput_iters * len(big) / (time.perf_counter() - start)
+            )
+    rows = []
+    for v in variants:
+        lat = np.asarray(latencies[v.name])
+        rows.append({
+            "variant": v.name,
+            "accuracy": v.accuracy,
+            "latency_p50_ms": float(np.percentile(lat, 50)),
+            "latency_p90_ms": float(np.percentile(lat, 90)),
+            "latency_p99_ms": float(np.percentile(lat, 99)),
+            f"throughput_b{cfg.throughput_batch}": statistics.median(throughput[v.name]),
+            "peak_rss_mib": peak[v.name],
+            "file_bytes": os.path.getsize(v.file) if v.file is not None else None,
+            "threads": cfg.threads,
+            **v.notes,
+        })  # fmt: skip
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Throughput, latency and size relative to the ``baseline`` row."""
+    base = next(r for r in rows if r["variant"] == baseline)
+    tput = next(k for k in base if k.startswith("throughput_b"))
+    for r in rows:
+        r["throughput_x"] = r[tput] / base[tput]
+        r["latency_x"] = r["latency_p50_ms"] / base["latency_p50_ms"]
+        if r["file_bytes"] and base["file_bytes"]:
+            r["size_x"] = r["file_bytes"] / base["file_bytes"]
+    return rows

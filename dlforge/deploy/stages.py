@@ -1,0 +1,111 @@
+"""The quantize and bench stages of a run: compose PTQ, export, ONNX Runtime and the harness."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlforge.compress.quantize import QuantConfig, ptq
+from dlforge.data import DataBundle
+from dlforge.deploy.bench import (
+    BenchConfig,
+    Variant,
+    add_ratios,
+    benchmark,
+    ort_runner,
+    torch_runner,
+)
+from dlforge.deploy.export import export_onnx
+from dlforge.train.precision import cpu_has_native_bf16
+
+
+@dataclass
+class QuantizeStageConfig(QuantConfig):
+    enabled: bool = False
+
+
+@dataclass
+class BenchStageConfig(BenchConfig):
+    enabled: bool = False
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode CPU copy in the default memory format (the trainer may leave NHWC)."""
+    out: nn.Module = copy.deepcopy(model).cpu().eval()
+    return out.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def quantize_stage(
+    model: nn.Module, data: DataBundle, cfg: QuantConfig, out_dir: Path
+) -> dict[str, Any]:
+    """PTQ on training batches, export fp32 and int8 ONNX, and score all three on the test split."""
+    model = _plain_copy(model)
+    x_train = data.train[0]
+    calib = [
+        x_train[i : i + 64] for i in range(0, min(len(x_train), 64 * cfg.calibration_batches), 64)
+    ]
+    plan = ptq(model, calib, cfg)
+    x, y = data.test
+    labels = y.numpy()
+    with torch.no_grad():
+        fp32_logits = model(x).numpy()
+        fq_logits = plan.model(x).numpy()
+    fp32_path = export_onnx(model, x[:1], out_dir / "model_fp32.onnx")
+    int8_path = export_onnx(plan.model, x[:1], out_dir / "model_int8.onnx")
+    ort_logits = ort_runner(int8_path, threads=torch.get_num_threads())(
+        x.numpy().astype(np.float32)
+    )
+    return {
+        "config": {k: v for k, v in vars(cfg).items() if k != "enabled"},
+        "quantized_layers": plan.quantized,
+        "float_layers": plan.float_layers,
+        "folded_batch_norms": plan.folded_bn,
+        "activation_quantizers": len(plan.activation_quantizers),
+        "accuracy": {
+            "fp32": _accuracy(fp32_logits, labels),
+            "fake_quant": _accuracy(fq_logits, labels),
+            "onnxruntime_int8": _accuracy(ort_logits, labels),
+        },
+        "ort_vs_fake_quant_top1_agreement": float(
+            (ort_logits.argmax(1) == fq_logits.argmax(1)).mean()
+        ),
+        "ort_vs_fake_quant_max_abs_logit_diff": float(np.abs(ort_logits - fq_logits).max()),
+        "files": {"fp32": str(fp32_path), "int8": str(int8_path)},
+        "bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
+    }
+
+
+def bench_stage(
+    model: nn.Module, data: DataBundle, cfg: BenchConfig, onnx_files: dict[str, str]
+) -> dict[str, Any]:
+    """Benchmark eager fp32 (and bf16 autocast where the CPU has it) and the ONNX files."""
+    model = _plain_copy(model)
+    x, y = data.test
+    sample, labels = x.numpy().astype(np.float32), y.numpy()
+    variants = [Variant("fp32 eager (PyTorch)", torch_runner(model))]
+    if cpu_has_native_bf16():
+        variants.append(Variant("bf16 autocast (PyTorch)", torch_runner(model, torch.bfloat16)))
+    for name, path in onnx_files.items():
+        variants.append(
+            Variant(f"{name} (ONNX Runtime)", ort_runner(path, cfg.threads), file=Path(path))
+        )
+    for v in variants:
+        v.accuracy = _accuracy(
+            np.concatenate([v.run(sample[i : i + 256]) for i in range(0, len(sample), 256)]), labels
+        )
+    rows = add_ratios(benchmark(variants, sample, cfg), variants[0].name)
+    return {
+        "rows": rows,
+        "baseline": variants[0].name,
+        "config": {k: v for k, v in vars(cfg).items() if k != "enabled"},
+    }
