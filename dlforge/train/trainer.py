@@ -78,6 +78,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         meta: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
+        on_train_epoch_start: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
         self.config = cfg = config or TrainConfig()
         self.device = torch.device(device) if device is not None else pick_device()
@@ -98,6 +99,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         self.history = History()
+        # Called after model.train() at each epoch with the 0-based epoch (e.g. to freeze BN).
+        self.on_train_epoch_start = on_train_epoch_start
         self.schedule: LRSchedule | None = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
@@ -192,6 +195,8 @@ class Trainer:
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         cfg, model = self.config, self.model
         model.train()
+        if self.on_train_epoch_start is not None:
+            self.on_train_epoch_start(self.epoch, model)
         accumulate = cfg.accumulate_steps
         n_batches = len(loader)
         loss_sum = torch.zeros((), device=self.device)

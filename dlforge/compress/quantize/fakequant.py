@@ -14,16 +14,17 @@ bit (tests/test_qscheme.py) and which export to ONNX QuantizeLinear/DequantizeLi
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dlforge.compress.quantize.fold import fold_batch_norm
-from dlforge.compress.quantize.observers import make_observer
+from dlforge.compress.quantize.fold import BN_TYPES, fold_batch_norm, fold_into, trace
+from dlforge.compress.quantize.observers import Observer, make_observer
 from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
 
 QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -75,15 +76,23 @@ class ActQuant(nn.Module):
         super().__init__()
         self.spec, self.observer_name = spec, observer
         self.observer = make_observer(observer, spec)
+        self.qat_observer: Observer | None = None  # set by start_qat
         # Scalars (0-d): ONNX per-tensor Q/DQ, e.g. QLinearAdd, require scalar qparams.
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
-        self.mode: Literal["observe", "quantize", "float"] = "observe"
+        self.mode: Literal["observe", "quantize", "float", "qat"] = "observe"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
             self.observer.update(x)
             return x
+        if self.mode == "qat" and self.training and self.qat_observer is not None:
+            # Ranges follow the training activations (moving average), then fake-quantize
+            # with the straight-through estimator.
+            self.qat_observer.update(x)
+            scale, zp = self.qat_observer.qparams()
+            self.scale.copy_(scale.reshape(()))
+            self.zero_point.copy_(zp.reshape(()))
         if self.mode == "float":
             return x
         return torch.fake_quantize_per_tensor_affine(
@@ -171,6 +180,10 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target == "relu"
 
 
+def _is_bn(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules.get(str(node.target)), BN_TYPES)
+
+
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
         m = modules.get(str(node.target))
@@ -185,10 +198,17 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return "other"
 
 
-def prepare(model: nn.Module, config: QuantConfig | None = None) -> QuantPlan:
-    """Fold BN, wrap quantizable layers and insert activation quantizers (in observe mode)."""
+def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool = True) -> QuantPlan:
+    """Fold BN, wrap quantizable layers and insert activation quantizers (in observe mode).
+
+    ``fold_bn=False`` keeps batch norms as layers (for QAT, which folds them in ``convert_qat``);
+    the activation quantizer then sits after conv → BN → ReLU.
+    """
     config = config or QuantConfig()
-    gm, folded = fold_batch_norm(model)
+    if fold_bn:
+        gm, folded = fold_batch_norm(model)
+    else:
+        gm, folded = trace(copy.deepcopy(model)), []
     quantized, float_layers = [], []
     for name, module in list(gm.named_modules()):
         if not name or any(True for _ in module.children()):
@@ -196,6 +216,8 @@ def prepare(model: nn.Module, config: QuantConfig | None = None) -> QuantPlan:
         if isinstance(module, QUANT_LAYERS) and name not in config.skip:
             gm.set_submodule(name, QuantLayer(module, config.weight_spec(), config.learn_step_size))
             quantized.append(name)
+        elif isinstance(module, BN_TYPES) and not fold_bn:
+            continue  # folded later
         elif any(True for _ in module.parameters(recurse=False)):
             float_layers.append(name)
     modules = dict(gm.named_modules())
@@ -222,13 +244,16 @@ def prepare(model: nn.Module, config: QuantConfig | None = None) -> QuantPlan:
             continue
         for arg in node.all_input_nodes:
             quantize_output(arg)
-        users = list(node.users)
+        point = node
+        if len(point.users) == 1 and _is_bn(next(iter(point.users)), modules):
+            point = next(iter(point.users))  # unfolded BN (QAT) belongs to its conv
+        users = list(point.users)
         if any(u.op == "output" for u in users):
             continue  # the model's output stays float (logits)
         if len(users) == 1 and _is_relu(users[0], modules):
             quantize_output(users[0])  # after the ReLU: its range [0, max] absorbs the ReLU
         else:
-            quantize_output(node)
+            quantize_output(point)
     graph.lint()
     gm.recompile()
     return QuantPlan(gm, config, folded, quantized, float_layers, names)
@@ -267,3 +292,94 @@ def ptq(
 ) -> QuantPlan:
     """Post-training quantization: fold BN, quantize weights, calibrate activations."""
     return calibrate(prepare(model, config), calibration)
+
+
+def start_qat(plan: QuantPlan, momentum: float = 0.01) -> QuantPlan:
+    """Switch calibrated activation quantizers to QAT: ranges keep following the activations
+    through a moving average that starts from the calibrated range."""
+    from dlforge.compress.quantize.observers import MovingAverageMinMaxObserver
+
+    for q in act_quantizers(plan.model):
+        observer = MovingAverageMinMaxObserver(q.spec, momentum=momentum)
+        lo, hi = q.observer.range()
+        observer.min_val, observer.max_val, observer.batches = lo.clone(), hi.clone(), 1
+        q.qat_observer = observer
+        q.mode = "qat"
+    return plan
+
+
+def freeze_batch_norm(model: nn.Module) -> int:
+    """Put every BN in eval mode: it normalises with, and stops updating, its running statistics.
+    Call after ``model.train()`` (the Trainer's ``on_train_epoch_start`` hook does)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, BN_TYPES):
+            m.eval()
+            count += 1
+    return count
+
+
+@torch.no_grad()
+def convert_qat(plan: QuantPlan) -> QuantPlan:
+    """After QAT: fold each BN into its QuantLayer, rescale weight qparams, freeze activations."""
+    gm = plan.model.eval()
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if not _is_bn(node, modules):
+            continue
+        prev = node.args[0]
+        layer = modules.get(str(prev.target)) if isinstance(prev, fx.Node) else None
+        if not isinstance(layer, QuantLayer) or len(prev.users) != 1:
+            continue
+        bn = modules[str(node.target)]
+        assert isinstance(bn, BN_TYPES) and bn.running_var is not None
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+        factor = gamma / torch.sqrt(bn.running_var + bn.eps)
+        fold_into(layer.layer, bn)
+        if layer.spec.per_channel and layer.lsq:
+            layer.scale.mul_(factor.abs())  # learned steps stay on the same integer codes
+        else:
+            scale, zp = layer._minmax_qparams()
+            layer.scale.copy_(scale)
+            layer.zero_point.copy_(zp)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        plan.folded_bn.append(str(node.target))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    for q in act_quantizers(gm):
+        q.mode = "quantize"
+    return plan
+
+
+def qat(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: torch.utils.data.DataLoader | None,
+    config: QuantConfig | None = None,
+    train_config: Any = None,
+    freeze_bn_epoch: int | None = None,
+) -> QuantPlan:
+    """Quantization-aware training with the dlforge Trainer.
+
+    Calibrate as PTQ does, then fine-tune with fake quantization in the forward pass (straight-
+    through gradients; learned step sizes with ``config.learn_step_size``). Batch norms train
+    until epoch ``freeze_bn_epoch`` (0-based), then keep their running statistics. Finally BN
+    is folded and the model is ready to export.
+    """
+    from dlforge.train import TrainConfig, Trainer
+
+    config = config or QuantConfig()
+    plan = prepare(model, config, fold_bn=False)
+    calibrate(plan, train_loader)
+    start_qat(plan)
+
+    def on_epoch(epoch: int, module: nn.Module) -> None:
+        if freeze_bn_epoch is not None and epoch >= freeze_bn_epoch:
+            freeze_batch_norm(module)
+
+    trainer = Trainer(plan.model, train_config or TrainConfig(), on_train_epoch_start=on_epoch)
+    trainer.fit(train_loader, val_loader)
+    plan.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    return convert_qat(plan)
