@@ -84,6 +84,7 @@ def test_console_entry_point() -> None:
 def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     extra = [
         "quantize.enabled=true",
+        "quantize.sensitivity=true",
         "bench.enabled=true",
         "bench.rounds=1",
         "bench.latency_iters=3",
@@ -101,6 +102,8 @@ def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture
     assert metrics["bench"]["rows"][0]["throughput_x"] == 1.0
     html = (run_dir / "report.html").read_text()
     assert "data-figure='tradeoff'" in html and "Quantization (post-training, int8)" in html
+    assert "Per-layer weight sensitivity" in html
+    assert len(q["mixed_precision"]["sensitivity"]) == 3 * 3  # 3 layers x bits 8, 4, 2
     capsys.readouterr()
 
     ckpt = str(run_dir / "checkpoints/best.safetensors")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dlforge.compress.quantize import QuantConfig, ptq
+from dlforge.compress.quantize.sensitivity import mixed_precision
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import (
     BenchConfig,
@@ -28,6 +29,9 @@ from dlforge.train.precision import cpu_has_native_bf16
 @dataclass
 class QuantizeStageConfig(QuantConfig):
     enabled: bool = False
+    sensitivity: bool = False  # per-layer weight sensitivity and a mixed-precision choice
+    mixed_precision_max_drop: float = 0.01  # accuracy budget (on the val split) for that choice
+    sensitivity_bits: list[int] = field(default_factory=lambda: [8, 4, 2])
 
 
 @dataclass
@@ -65,7 +69,25 @@ def quantize_stage(
     ort_logits = ort_runner(int8_path, threads=torch.get_num_threads())(
         x.numpy().astype(np.float32)
     )
-    return {
+    result: dict[str, Any] = {}
+    if isinstance(cfg, QuantizeStageConfig) and cfg.sensitivity:
+        xv, yv = data.val
+
+        def evaluate(m: nn.Module) -> float:
+            with torch.no_grad():
+                return _accuracy(m.eval()(xv).numpy(), yv.numpy())
+
+        mixed = mixed_precision(
+            model,
+            evaluate,
+            max_drop=cfg.mixed_precision_max_drop,
+            bits_options=cfg.sensitivity_bits,
+        )
+        result["mixed_precision"] = {
+            **mixed.summary(),
+            "test_accuracy": _accuracy(mixed.model(x).detach().numpy(), labels),
+        }
+    return result | {
         "config": {k: v for k, v in vars(cfg).items() if k != "enabled"},
         "quantized_layers": plan.quantized,
         "float_layers": plan.float_layers,

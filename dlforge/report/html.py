@@ -199,6 +199,24 @@ def render_report(result: dict[str, Any]) -> str:
                 }
             )
         )
+        mp = qz.get("mixed_precision")
+        if mp:
+            parts.append(
+                "<h3>Per-layer weight sensitivity (val split, one layer quantized at a time)</h3>"
+            )
+            parts.append(_table(mp["sensitivity"]))
+            parts.append("<h3>Mixed precision chosen</h3>")
+            parts.append(
+                _kv_table(
+                    {
+                        "bits per layer": ", ".join(f"{k}: {v}" for k, v in mp["bits"].items()),
+                        "val accuracy fp32": mp["baseline_accuracy"],
+                        "val accuracy mixed": mp["accuracy"],
+                        "test accuracy mixed": mp["test_accuracy"],
+                        "weight bytes (mixed / fp32)": f"{mp['weight_bytes']:.0f} / {mp['fp32_weight_bytes']:.0f}",
+                    }
+                )
+            )
     bench = result.get("bench")
     if bench:
         parts.append(
