@@ -110,3 +110,21 @@ def test_observers_change_the_activation_ranges(trained_cnn, digits) -> None:
         ranges[observer] = [q.scale.item() for q in act_quantizers(plan.model)]
     assert all(p <= m for p, m in zip(ranges["percentile"], ranges["minmax"]))
     assert ranges["percentile"] != ranges["minmax"]
+
+
+def test_auto_calibrator_picks_the_best_on_validation(trained_cnn, digits) -> None:
+    from dlforge.compress.quantize.fakequant import AUTO_OBSERVERS, auto_ptq
+
+    xv, yv = digits.val
+
+    def evaluate(m: nn.Module) -> float:
+        with torch.no_grad():
+            return (m(xv).argmax(1) == yv).float().mean().item()
+
+    plan, trials = auto_ptq(
+        trained_cnn, calib(digits), evaluate, QuantConfig(weight_bits=4, activation_bits=4)
+    )
+    assert [t["observer"] for t in trials] == list(AUTO_OBSERVERS)
+    best = max(t["score"] for t in trials)
+    assert evaluate(plan.model) == best
+    assert plan.config.observer == next(t["observer"] for t in trials if t["score"] == best)

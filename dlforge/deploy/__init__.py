@@ -2,5 +2,6 @@
 
 from dlforge.deploy.export import export_onnx
 from dlforge.deploy.runtime import OrtModel
+from dlforge.deploy.session import Session
 
-__all__ = ["OrtModel", "export_onnx"]
+__all__ = ["OrtModel", "Session", "export_onnx"]

@@ -28,9 +28,10 @@ class BenchConfig:
     threads: int = 2
     warmup: int = 5
     rounds: int = 5
-    latency_iters: int = 20  # batch-1 calls per round
+    latency_iters: int = 20  # batch-1 calls per round, at least
     throughput_batch: int = 64
-    throughput_iters: int = 5  # large-batch calls per round
+    throughput_iters: int = 5  # large-batch calls per round, at least
+    min_round_s: float = 0.1  # keep calling until a round lasts this long (small models)
 
 
 @dataclass
@@ -113,16 +114,17 @@ def benchmark(
         peak[v.name] = _peak_rss_mib() if can_reset else None
     for r in range(cfg.rounds):
         for v in variants[:: 1 if r % 2 == 0 else -1]:
-            for _ in range(cfg.latency_iters):
+            round_start, calls = time.perf_counter(), 0
+            while calls < cfg.latency_iters or time.perf_counter() - round_start < cfg.min_round_s:
                 start = time.perf_counter()
                 v.run(one)
                 latencies[v.name].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            for _ in range(cfg.throughput_iters):
+                calls += 1
+            start, calls = time.perf_counter(), 0
+            while calls < cfg.throughput_iters or time.perf_counter() - start < cfg.min_round_s:
                 v.run(big)
-            throughput[v.name].append(
-                cfg.throughput_iters * len(big) / (time.perf_counter() - start)
-            )
+                calls += 1
+            throughput[v.name].append(calls * len(big) / (time.perf_counter() - start))
     rows = []
     for v in variants:
         lat = np.asarray(latencies[v.name])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dlforge.compress.quantize import QuantConfig, ptq
+from dlforge.compress.quantize.fakequant import auto_ptq
 from dlforge.compress.quantize.sensitivity import mixed_precision
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import (
@@ -23,6 +24,8 @@ from dlforge.deploy.bench import (
     torch_runner,
 )
 from dlforge.deploy.export import export_onnx
+from dlforge.deploy.session import PREPROCESSING_FILE
+from dlforge.train.checkpoint import atomic_write_json
 from dlforge.train.precision import cpu_has_native_bf16
 
 
@@ -58,25 +61,30 @@ def quantize_stage(
     calib = [
         x_train[i : i + 64] for i in range(0, min(len(x_train), 64 * cfg.calibration_batches), 64)
     ]
-    plan = ptq(model, calib, cfg)
     x, y = data.test
     labels = y.numpy()
+    xv, yv = data.val
+
+    def evaluate(m: nn.Module) -> float:
+        with torch.no_grad():
+            return _accuracy(m.eval()(xv).numpy(), yv.numpy())
+
+    result: dict[str, Any] = {}
+    if cfg.observer == "auto":
+        plan, result["observer_search"] = auto_ptq(model, calib, evaluate, cfg)
+    else:
+        plan = ptq(model, calib, cfg)
     with torch.no_grad():
         fp32_logits = model(x).numpy()
         fq_logits = plan.model(x).numpy()
     fp32_path = export_onnx(model, x[:1], out_dir / "model_fp32.onnx")
+    preprocessing = {**data.preprocessing, "class_names": data.class_names}
+    atomic_write_json(out_dir / PREPROCESSING_FILE, preprocessing)
     int8_path = export_onnx(plan.model, x[:1], out_dir / "model_int8.onnx")
     ort_logits = ort_runner(int8_path, threads=torch.get_num_threads())(
         x.numpy().astype(np.float32)
     )
-    result: dict[str, Any] = {}
     if isinstance(cfg, QuantizeStageConfig) and cfg.sensitivity:
-        xv, yv = data.val
-
-        def evaluate(m: nn.Module) -> float:
-            with torch.no_grad():
-                return _accuracy(m.eval()(xv).numpy(), yv.numpy())
-
         mixed = mixed_precision(
             model,
             evaluate,
@@ -89,6 +97,7 @@ def quantize_stage(
         }
     return result | {
         "config": {k: v for k, v in vars(cfg).items() if k != "enabled"},
+        "observer": plan.config.observer,
         "quantized_layers": plan.quantized,
         "float_layers": plan.float_layers,
         "folded_batch_norms": plan.folded_bn,

@@ -199,6 +199,9 @@ def render_report(result: dict[str, Any]) -> str:
                 }
             )
         )
+        if qz.get("observer_search"):
+            parts.append("<h3>Calibrator chosen automatically (validation accuracy)</h3>")
+            parts.append(_table(qz["observer_search"]))
         mp = qz.get("mixed_precision")
         if mp:
             parts.append(

@@ -15,6 +15,7 @@ bit (tests/test_qscheme.py) and which export to ONNX QuantizeLinear/DequantizeLi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,7 +45,8 @@ class QuantConfig:
     # convs in float in our measurements (BENCHMARKS.md).
     activation_signed: bool = False
     granularity: Literal["per_channel", "per_tensor"] = "per_channel"  # for weights
-    observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    # "auto": try the calibrators below and keep the one with the best validation accuracy
+    observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy", "auto"] = "minmax"
     calibration_batches: int = 16
     learn_step_size: bool = False  # QAT: LSQ weight scales (Esser et al., 2020)
     skip: list[str] = field(default_factory=list)  # layer names to keep in float
@@ -383,3 +385,31 @@ def qat(
     trainer.fit(train_loader, val_loader)
     plan.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return convert_qat(plan)
+
+
+AUTO_OBSERVERS: tuple[Literal["minmax", "percentile", "mse", "entropy"], ...] = (
+    "minmax",
+    "percentile",
+    "mse",
+    "entropy",
+)
+
+
+def auto_ptq(
+    model: nn.Module,
+    calibration: list[torch.Tensor] | torch.utils.data.DataLoader,
+    evaluate: Any,
+    config: QuantConfig | None = None,
+) -> tuple[QuantPlan, list[dict[str, Any]]]:
+    """PTQ with each calibrator in ``AUTO_OBSERVERS``; keep the best by ``evaluate(model)``
+    (a validation score, higher is better; ties go to the simpler calibrator)."""
+    config = config or QuantConfig()
+    trials, best = [], None
+    for name in AUTO_OBSERVERS:
+        plan = ptq(model, calibration, dataclasses.replace(config, observer=name))
+        score = float(evaluate(plan.model))
+        trials.append({"observer": name, "score": score})
+        if best is None or score > best[0]:
+            best = (score, plan)
+    assert best is not None
+    return best[1], trials
