@@ -10,7 +10,7 @@ from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "mnist1d.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "mnist1d.yaml", "quantize.yaml"])
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(RECIPES / name)
     assert isinstance(recipe, Recipe)

@@ -49,6 +49,8 @@ def export_onnx(
         graph = onnx.load(tmp)
         fold_weight_quantizers(graph)
         drop_relu_before_quantize(graph)
+        inline_constant_identities(graph)
+        drop_zero_weight_zero_points(graph)
         compact_names(graph)
         onnx.checker.check_model(graph)
         onnx.save(graph, tmp)
@@ -110,6 +112,43 @@ def drop_relu_before_quantize(model: onnx.ModelProto) -> int:
         users[0].input[0] = node.input[0]
         graph.node.remove(node)
         dropped += 1
+    return dropped
+
+
+def inline_constant_identities(model: onnx.ModelProto) -> int:
+    """The exporter shares constants through Identity nodes; point consumers at the source."""
+    graph = model.graph
+    consts = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in consts
+    }
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    for node in list(graph.node):
+        if node.op_type == "Identity" and node.output[0] in alias:
+            graph.node.remove(node)
+        else:
+            node.input[:] = [alias.get(n, n) for n in node.input]
+    return len(alias)
+
+
+def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
+    """Symmetric int8 weights have zero points of 0, the ONNX default: leave the input out."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    dropped = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
+        if w is None or zp is None or len(w.dims) < 2:
+            continue
+        if not numpy_helper.to_array(zp).any():
+            del node.input[2]
+            dropped += 1
+    _drop_unused(graph)
     return dropped
 
 

@@ -182,6 +182,17 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target == "relu"
 
 
+PASS_THROUGH_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d)
+PASS_THROUGH_CALLS = {torch.flatten, "flatten", "view", "reshape"}
+
+
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Ops that only move or select values, so a quantized input stays quantized."""
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), PASS_THROUGH_MODULES)
+    return node.op in ("call_function", "call_method") and node.target in PASS_THROUGH_CALLS
+
+
 def _is_bn(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), BN_TYPES)
 
@@ -230,6 +241,11 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
     def quantize_output(producer: fx.Node) -> fx.Node:
         if producer in quantizers:
             return quantizers[producer]
+        source = producer.all_input_nodes[0] if producer.all_input_nodes else None
+        if _passes_through(producer, modules) and source is not None and source in quantizers:
+            # flatten/reshape/dropout keep values on the quantized grid: no second quantizer
+            quantizers[producer] = producer
+            return producer
         name = f"act_quant_{len(names)}"
         gm.add_submodule(name, ActQuant(config.activation_spec(), config.observer))
         names.append(name)
