@@ -6,6 +6,7 @@ result dict, written as ``metrics.json`` (atomically) that the report reads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ def quantize_checkpoint(
     if bench:
         result["bench"] = bench_stage(model, data, recipe.bench, result["quantize"]["files"])
     atomic_write_json(out_dir / "quantize.json", result)
+    _merge_into_run(path, {k: v for k, v in result.items() if k in ("quantize", "bench")})
     return result
 
 
@@ -222,4 +224,19 @@ def bench_checkpoint(
     if missing:
         raise FileNotFoundError(f"ONNX files not found: {missing}")
     files = {Path(f).stem: f for f in onnx_files}
-    return bench_stage(model, data, recipe.bench, files)
+    result = bench_stage(model, data, recipe.bench, files)
+    _merge_into_run(path, {"bench": result})
+    return result
+
+
+def _merge_into_run(checkpoint: str | Path, parts: dict[str, Any]) -> None:
+    """When the checkpoint sits in a run folder, add ``parts`` to its metrics and report."""
+    run_dir = Path(checkpoint).resolve().parent.parent
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics.update(parts)
+    atomic_write_json(metrics_path, metrics)
+    if (run_dir / "report.html").exists():
+        write_report(run_dir)

@@ -101,7 +101,7 @@ def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture
     assert variants[0] == "fp32 eager (PyTorch)" and "int8 (ONNX Runtime)" in variants
     assert metrics["bench"]["rows"][0]["throughput_x"] == 1.0
     html = (run_dir / "report.html").read_text()
-    assert "data-figure='tradeoff'" in html and "Quantization (post-training, int8)" in html
+    assert "data-figure='tradeoff'" in html and "Quantization (int8)" in html
     assert "Per-layer weight sensitivity" in html
     assert len(q["mixed_precision"]["sensitivity"]) == 3 * 3  # 3 layers x bits 8, 4, 2
     capsys.readouterr()
@@ -111,6 +111,8 @@ def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["-q", "quantize", ckpt, "--out", str(out), "--set", "quantize.observer=mse"]) == 0
     saved = json.loads((out / "quantize.json").read_text())
     assert saved["quantize"]["config"]["observer"] == "mse"
+    # the run folder's metrics and report now show this quantization
+    assert json.loads((run_dir / "metrics.json").read_text())["quantize"]["observer"] == "mse"
     assert (out / "model_int8.onnx").stat().st_size < 0.35 * (
         out / "model_fp32.onnx"
     ).stat().st_size
@@ -135,3 +137,21 @@ def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "model_int8 (ONNX Runtime)" in capsys.readouterr().out
     assert main(["bench", ckpt, "--onnx", str(tmp_path / "none.onnx")]) == 2
     assert "ONNX files not found" in capsys.readouterr().err
+
+
+def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:
+    extra = [
+        "quantize.enabled=true",
+        "quantize.method=qat",
+        "quantize.qat_epochs=1",
+        "quantize.codebook_bits=4",
+        "quantize.codebook_epochs=1",
+        "report.enabled=true",
+    ]
+    assert main(["-q", "run", *quick(tmp_path, *extra)]) == 0
+    q = json.loads((tmp_path / "default/metrics.json").read_text())["quantize"]
+    assert q["method"] == "qat" and q["folded_batch_norms"] == ["1", "4"]
+    assert q["ort_vs_fake_quant_top1_agreement"] >= 0.99
+    cb = q["codebook"]
+    assert cb["weight_bytes"] < cb["fp32_weight_bytes"] / 7  # 4-bit indices + 16-entry codebooks
+    assert "k-means codebooks" in (tmp_path / "default/report.html").read_text()

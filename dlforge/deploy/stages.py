@@ -5,15 +5,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from dlforge.compress.quantize import QuantConfig, ptq
-from dlforge.compress.quantize.fakequant import auto_ptq
-from dlforge.compress.quantize.sensitivity import mixed_precision
+from dlforge.compress.quantize.codebook import CodebookConfig, share_weights
+from dlforge.compress.quantize.fakequant import auto_ptq, qat
+from dlforge.compress.quantize.sensitivity import mixed_precision, weight_layers
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import (
     BenchConfig,
@@ -25,6 +26,7 @@ from dlforge.deploy.bench import (
 )
 from dlforge.deploy.export import export_onnx
 from dlforge.deploy.session import PREPROCESSING_FILE
+from dlforge.train import OptimizerConfig, TrainConfig, Trainer
 from dlforge.train.checkpoint import atomic_write_json
 from dlforge.train.precision import cpu_has_native_bf16
 
@@ -32,9 +34,15 @@ from dlforge.train.precision import cpu_has_native_bf16
 @dataclass
 class QuantizeStageConfig(QuantConfig):
     enabled: bool = False
+    method: Literal["ptq", "qat"] = "ptq"
+    qat_epochs: int = 3
+    qat_lr: float = 1e-4
+    freeze_bn_epoch: int | None = 1  # QAT: BN statistics frozen from this epoch (0-based)
     sensitivity: bool = False  # per-layer weight sensitivity and a mixed-precision choice
     mixed_precision_max_drop: float = 0.01  # accuracy budget (on the val split) for that choice
     sensitivity_bits: list[int] = field(default_factory=lambda: [8, 4, 2])
+    codebook_bits: int | None = None  # also report k-means weight sharing at this many bits
+    codebook_epochs: int = 2  # centroid fine-tuning epochs
 
 
 @dataclass
@@ -70,7 +78,16 @@ def quantize_stage(
             return _accuracy(m.eval()(xv).numpy(), yv.numpy())
 
     result: dict[str, Any] = {}
-    if cfg.observer == "auto":
+    stage = cfg if isinstance(cfg, QuantizeStageConfig) else QuantizeStageConfig(**vars(cfg))
+    if stage.method == "qat":
+        train = TrainConfig(
+            epochs=stage.qat_epochs,
+            progress=False,
+            optimizer=OptimizerConfig(name="adamw", lr=stage.qat_lr),
+        )
+        loader = data.loader("train", 64, True, torch.Generator().manual_seed(0))
+        plan = qat(model, loader, None, cfg, train, stage.freeze_bn_epoch)
+    elif cfg.observer == "auto":
         plan, result["observer_search"] = auto_ptq(model, calib, evaluate, cfg)
     else:
         plan = ptq(model, calib, cfg)
@@ -84,19 +101,22 @@ def quantize_stage(
     ort_logits = ort_runner(int8_path, threads=torch.get_num_threads())(
         x.numpy().astype(np.float32)
     )
-    if isinstance(cfg, QuantizeStageConfig) and cfg.sensitivity:
+    if stage.sensitivity:
         mixed = mixed_precision(
             model,
             evaluate,
-            max_drop=cfg.mixed_precision_max_drop,
-            bits_options=cfg.sensitivity_bits,
+            max_drop=stage.mixed_precision_max_drop,
+            bits_options=stage.sensitivity_bits,
         )
-        result["mixed_precision"] = {
-            **mixed.summary(),
-            "test_accuracy": _accuracy(mixed.model(x).detach().numpy(), labels),
-        }
+        test_acc = _accuracy(mixed.model(x).detach().numpy(), labels)
+        result["mixed_precision"] = {**mixed.summary(), "test_accuracy": test_acc}
+    if stage.codebook_bits is not None:
+        result["codebook"] = codebook_variant(
+            model, data, stage.codebook_bits, stage.codebook_epochs
+        )
     return result | {
         "config": {k: v for k, v in vars(cfg).items() if k != "enabled"},
+        "method": stage.method,
         "observer": plan.config.observer,
         "quantized_layers": plan.quantized,
         "float_layers": plan.float_layers,
@@ -113,6 +133,33 @@ def quantize_stage(
         "ort_vs_fake_quant_max_abs_logit_diff": float(np.abs(ort_logits - fq_logits).max()),
         "files": {"fp32": str(fp32_path), "int8": str(int8_path)},
         "bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
+    }
+
+
+def codebook_variant(model: nn.Module, data: DataBundle, bits: int, epochs: int) -> dict[str, Any]:
+    """k-means weight sharing on every conv/linear, centroids fine-tuned, scored on the test split."""
+    shared = copy.deepcopy(model)
+    result = share_weights(shared, CodebookConfig(bits=bits))
+    x, y = data.test
+
+    def test_accuracy() -> float:
+        with torch.no_grad():
+            return _accuracy(shared.eval()(x).numpy(), y.numpy())
+
+    before = test_accuracy()
+    if epochs > 0:
+        train = TrainConfig(
+            epochs=epochs, progress=False, optimizer=OptimizerConfig(name="adamw", lr=1e-4)
+        )
+        Trainer(shared, train).fit(data.loader("train", 64, True, torch.Generator().manual_seed(0)))
+    n_weights = sum(m.weight.numel() for m in weight_layers(model).values())
+    return {
+        "bits": bits,
+        "layers": result.layers,
+        "accuracy_before_fine_tuning": before,
+        "accuracy": test_accuracy(),
+        "weight_bytes": result.storage_bytes(),
+        "fp32_weight_bytes": n_weights * 4,
     }
 
 

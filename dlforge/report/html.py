@@ -174,7 +174,7 @@ def render_report(result: dict[str, Any]) -> str:
 
     qz = result.get("quantize")
     if qz:
-        parts.append("<h2>Quantization (post-training, int8)</h2>")
+        parts.append("<h2>Quantization (int8)</h2>")
         parts.append(
             _kv_table(
                 {
@@ -202,6 +202,18 @@ def render_report(result: dict[str, Any]) -> str:
         if qz.get("observer_search"):
             parts.append("<h3>Calibrator chosen automatically (validation accuracy)</h3>")
             parts.append(_table(qz["observer_search"]))
+        cb = qz.get("codebook")
+        if cb:
+            parts.append(f"<h3>Weight sharing: {cb['bits']}-bit k-means codebooks</h3>")
+            parts.append(
+                _kv_table(
+                    {
+                        "test accuracy before / after centroid fine-tuning": f"{cb['accuracy_before_fine_tuning']:.4f} / {cb['accuracy']:.4f}",
+                        "weight bytes (codebook / fp32)": f"{cb['weight_bytes']:.0f} / {cb['fp32_weight_bytes']:.0f}",
+                        "layers": ", ".join(cb["layers"]),
+                    }
+                )
+            )
         mp = qz.get("mixed_precision")
         if mp:
             parts.append(
