@@ -128,3 +128,13 @@ def test_auto_calibrator_picks_the_best_on_validation(trained_cnn, digits) -> No
     best = max(t["score"] for t in trials)
     assert evaluate(plan.model) == best
     assert plan.config.observer == next(t["observer"] for t in trials if t["score"] == best)
+
+
+def test_quantized_output_option(trained_cnn, digits) -> None:
+    x = digits.test[0]
+    plain = ptq(trained_cnn, calib(digits))
+    with_out = ptq(trained_cnn, calib(digits), QuantConfig(quantize_output=True))
+    assert len(act_quantizers(with_out.model)) == len(act_quantizers(plain.model)) + 1
+    with torch.no_grad():
+        quantized, free = with_out.model(x), plain.model(x)
+    assert quantized.unique().numel() <= 256 < free.unique().numel()  # logits on a uint8 grid

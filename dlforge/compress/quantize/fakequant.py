@@ -49,6 +49,10 @@ class QuantConfig:
     observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy", "auto"] = "minmax"
     calibration_batches: int = 16
     learn_step_size: bool = False  # QAT: LSQ weight scales (Esser et al., 2020)
+    # Quantize the model's output (logits) too, as ORT's quantize_static does, so ORT can run
+    # the last Gemm as QGemm. Off by default: it cost accuracy resolution and gained no
+    # measurable speed on our models (BENCHMARKS.md).
+    quantize_output: bool = False
     skip: list[str] = field(default_factory=list)  # layer names to keep in float
 
     def weight_spec(self) -> QuantSpec:
@@ -266,7 +270,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
         if len(point.users) == 1 and _is_bn(next(iter(point.users)), modules):
             point = next(iter(point.users))  # unfolded BN (QAT) belongs to its conv
         users = list(point.users)
-        if any(u.op == "output" for u in users):
+        if any(u.op == "output" for u in users) and not config.quantize_output:
             continue  # the model's output stays float (logits)
         if len(users) == 1 and _is_relu(users[0], modules):
             quantize_output(users[0])  # after the ReLU: its range [0, max] absorbs the ReLU
