@@ -192,6 +192,8 @@ def render_report(result: dict[str, Any]) -> str:
         parts.append(
             _kv_table(
                 {
+                    "method": qz.get("method", "ptq"),
+                    "calibrator used": qz.get("observer", ""),
                     "quantized layers": ", ".join(qz["quantized_layers"]) or "none",
                     "layers left in float": ", ".join(qz["float_layers"]) or "none",
                     "batch norms folded": ", ".join(qz["folded_batch_norms"]) or "none",
