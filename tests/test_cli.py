@@ -146,6 +146,9 @@ def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:
         "quantize.qat_epochs=1",
         "quantize.codebook_bits=4",
         "quantize.codebook_epochs=1",
+        "quantize.sensitivity=true",
+        "quantize.sensitivity_bits=[8, 4]",
+        "quantize.mixed_precision_max_bytes=12000",
         "report.enabled=true",
     ]
     assert main(["-q", "run", *quick(tmp_path, *extra)]) == 0
@@ -155,3 +158,4 @@ def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:
     cb = q["codebook"]
     assert cb["weight_bytes"] < cb["fp32_weight_bytes"] / 7  # 4-bit indices + 16-entry codebooks
     assert "k-means codebooks" in (tmp_path / "default/report.html").read_text()
+    assert q["mixed_precision"]["weight_bytes"] <= 12000  # the size budget holds

@@ -40,6 +40,7 @@ class QuantizeStageConfig(QuantConfig):
     freeze_bn_epoch: int | None = 1  # QAT: BN statistics frozen from this epoch (0-based)
     sensitivity: bool = False  # per-layer weight sensitivity and a mixed-precision choice
     mixed_precision_max_drop: float = 0.01  # accuracy budget (on the val split) for that choice
+    mixed_precision_max_bytes: float | None = None  # or a weight-size budget instead
     sensitivity_bits: list[int] = field(default_factory=lambda: [8, 4, 2])
     codebook_bits: int | None = None  # also report k-means weight sharing at this many bits
     codebook_epochs: int = 2  # centroid fine-tuning epochs
@@ -102,12 +103,12 @@ def quantize_stage(
         x.numpy().astype(np.float32)
     )
     if stage.sensitivity:
-        mixed = mixed_precision(
-            model,
-            evaluate,
-            max_drop=stage.mixed_precision_max_drop,
-            bits_options=stage.sensitivity_bits,
+        budget = (
+            {"max_bytes": stage.mixed_precision_max_bytes}
+            if stage.mixed_precision_max_bytes is not None
+            else {"max_drop": stage.mixed_precision_max_drop}
         )
+        mixed = mixed_precision(model, evaluate, bits_options=stage.sensitivity_bits, **budget)
         test_acc = _accuracy(mixed.model(x).detach().numpy(), labels)
         result["mixed_precision"] = {**mixed.summary(), "test_accuracy": test_acc}
     if stage.codebook_bits is not None:
