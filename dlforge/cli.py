@@ -15,18 +15,17 @@ from dlforge.train import CheckpointError, NonFiniteLossError, atomic_write_json
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError)
 
 
+def _set_option(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=example
+    )
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe", nargs="?", default=None, help="YAML recipe (default: built-in defaults)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, e.g. --set train.optimizer.lr=0.01 (repeatable)",
-    )
+    _set_option(p, "override a recipe field, e.g. --set train.optimizer.lr=0.01 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,14 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="int8 PTQ of a checkpoint, exported to ONNX (QDQ)")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="quantize settings, e.g. --set quantize.observer=mse",
-    )
+    _set_option(p, "quantize settings, e.g. --set quantize.observer=mse")
     p.add_argument("--bench", action="store_true", help="also benchmark fp32 and int8")
     p.add_argument(
         "--out",
@@ -75,14 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ONNX files to compare (default: the run folder's deploy/*.onnx)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="harness settings, e.g. --set bench.threads=1",
-    )
+    _set_option(p, "harness settings, e.g. --set bench.threads=1")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
 
     p = sub.add_parser("report", help="re-render a run folder's report.html from metrics.json")

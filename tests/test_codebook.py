@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,8 @@ def test_centroid_gradient_is_the_sum_over_its_weights() -> None:
     torch.testing.assert_close(layer.centroids.grad, expected)
 
 
-def test_sharing_fine_tuning_and_baking(digits) -> None:
-    torch.manual_seed(0)
-    model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
-    train = TrainConfig(epochs=8, progress=False, optimizer=OptimizerConfig(lr=3e-3))
-    Trainer(model, train).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
+def test_sharing_fine_tuning_and_baking(digits, small_cnn) -> None:
+    model = copy.deepcopy(small_cnn)
     x, y = digits.test
 
     def acc(m: nn.Module) -> float:

@@ -16,16 +16,7 @@ from dlforge.compress.quantize.fakequant import (
     qat,
     start_qat,
 )
-from dlforge.models import create_model
 from dlforge.train import OptimizerConfig, TrainConfig, Trainer
-
-
-def trained(digits) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
-    cfg = TrainConfig(epochs=8, progress=False, optimizer=OptimizerConfig(lr=3e-3))
-    Trainer(model, cfg).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
-    return model.eval()
 
 
 def accuracy(model: nn.Module, digits) -> float:
@@ -34,8 +25,8 @@ def accuracy(model: nn.Module, digits) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def test_qat_recovers_low_bit_accuracy(digits) -> None:
-    model = trained(digits)
+def test_qat_recovers_low_bit_accuracy(digits, small_cnn) -> None:
+    model = copy.deepcopy(small_cnn)
     w4a4 = QuantConfig(weight_bits=4, activation_bits=4)
     post = accuracy(ptq(model, digits.loader("train", 64), w4a4).model, digits)
     loader = digits.loader("train", 64, True, torch.Generator().manual_seed(1))
@@ -46,8 +37,8 @@ def test_qat_recovers_low_bit_accuracy(digits) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in aware.model.modules())
 
 
-def test_bn_statistics_freeze_at_the_chosen_epoch(digits) -> None:
-    plan = prepare(trained(digits), QuantConfig(), fold_bn=False)
+def test_bn_statistics_freeze_at_the_chosen_epoch(digits, small_cnn) -> None:
+    plan = prepare(small_cnn, QuantConfig(), fold_bn=False)
     calibrate(plan, digits.loader("train", 64))
     start_qat(plan)
     bn = next(m for m in plan.model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -67,9 +58,9 @@ def test_bn_statistics_freeze_at_the_chosen_epoch(digits) -> None:
     assert torch.equal(seen[2], bn.running_mean)
 
 
-def test_conversion_keeps_the_function(digits) -> None:
+def test_conversion_keeps_the_function(digits, small_cnn) -> None:
     for lsq in (False, True):
-        plan = prepare(trained(digits), QuantConfig(learn_step_size=lsq), fold_bn=False)
+        plan = prepare(small_cnn, QuantConfig(learn_step_size=lsq), fold_bn=False)
         calibrate(plan, digits.loader("train", 64))
         start_qat(plan)
         plan.model.eval()

@@ -10,16 +10,11 @@ from dlforge.compress.quantize.sensitivity import (
     mixed_precision,
     quantize_weights,
 )
-from dlforge.models import create_model
-from dlforge.train import OptimizerConfig, TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def setup(digits):
-    torch.manual_seed(0)
-    model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
-    cfg = TrainConfig(epochs=8, progress=False, optimizer=OptimizerConfig(lr=3e-3))
-    Trainer(model, cfg).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
+def setup(digits, small_cnn):
+    model = small_cnn
     x, y = digits.val
 
     def evaluate(m: nn.Module) -> float:
