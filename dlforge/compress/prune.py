@@ -1,0 +1,196 @@
+"""Unstructured magnitude pruning: masks, gradual (cubic) schedules, iterative prune/fine-tune.
+
+A pruned weight is ``weight_orig * mask`` through ``torch.nn.utils.parametrize``, so pruned
+entries stay exactly zero while fine-tuning (their gradient is masked too) until
+``make_permanent`` writes the zeros into the plain weight. Unstructured sparsity shrinks the
+stored model but does not speed up dense kernels; structured pruning is what removes FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+class Mask(nn.Module):
+    """The parametrization: weight = original * mask (mask is a buffer, not trained)."""
+
+    mask: torch.Tensor
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+@dataclass
+class MagnitudePrune:
+    amount: float | None = 0.5  # fraction of weights to remove
+    threshold: float | None = None  # or: remove every weight with |w| <= threshold
+    scope: Literal["global", "layer"] = "global"  # one ranking for all layers, or per layer
+    layers: list[str] | None = None  # default: every conv and linear layer
+
+    def validate(self) -> None:
+        if (self.amount is None) == (self.threshold is None):
+            raise ValueError("give exactly one of amount or threshold")
+        if self.amount is not None and not 0.0 <= self.amount < 1.0:
+            raise ValueError(f"amount must be in [0, 1), got {self.amount}")
+
+
+Layer = nn.Conv1d | nn.Conv2d | nn.Linear
+
+
+def prunable_layers(model: nn.Module, names: list[str] | None = None) -> dict[str, Layer]:
+    layers: dict[str, Layer] = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if names is not None:
+        unknown = sorted(set(names) - set(layers))
+        if unknown:
+            raise ValueError(
+                f"prune: no conv/linear layer named {unknown} (layers: {sorted(layers)})"
+            )
+        layers = {n: layers[n] for n in names}
+    if not layers:
+        raise ValueError("prune: the model has no conv or linear layer")
+    return layers
+
+
+def effective_weight(module: Layer) -> torch.Tensor:
+    return module.weight.detach()  # the parametrized weight is already masked
+
+
+def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A 0/1 mask that removes the ``k`` smallest scores (as torch.nn.utils.prune does)."""
+    mask = torch.ones_like(scores)
+    if k > 0:
+        mask.view(-1)[torch.topk(scores.view(-1), k, largest=False).indices] = 0
+    return mask
+
+
+def compute_masks(model: nn.Module, cfg: MagnitudePrune) -> dict[str, torch.Tensor]:
+    cfg.validate()
+    layers = prunable_layers(model, cfg.layers)
+    weights = {n: effective_weight(m).abs() for n, m in layers.items()}
+    if cfg.threshold is not None:
+        return {n: (w > cfg.threshold).float() for n, w in weights.items()}
+    assert cfg.amount is not None
+    if cfg.scope == "layer":
+        return {n: _smallest(w, round(cfg.amount * w.numel())) for n, w in weights.items()}
+    flat = torch.cat([w.flatten() for w in weights.values()])
+    mask = _smallest(flat, round(cfg.amount * flat.numel()))
+    out, start = {}, 0
+    for n, w in weights.items():
+        out[n] = mask[start : start + w.numel()].reshape(w.shape)
+        start += w.numel()
+    return out
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Attach (or replace) each layer's mask; returns the model (changed in place)."""
+    for name, mask in masks.items():
+        module = model.get_submodule(name)
+        existing = _mask_of(module)
+        if existing is not None:
+            existing.mask.copy_(mask.to(existing.mask))
+        else:
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)
+            parametrize.register_parametrization(module, "weight", Mask(mask.to(weight)))
+    return model
+
+
+def _mask_of(module: nn.Module) -> Mask | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    plist = module.parametrizations["weight"]  # type: ignore[index]
+    return next((p for p in plist if isinstance(p, Mask)), None)
+
+
+def magnitude_prune(model: nn.Module, cfg: MagnitudePrune | None = None) -> nn.Module:
+    """Prune the smallest-magnitude weights; a second call prunes further (masks only grow)."""
+    return apply_masks(model, compute_masks(model, cfg or MagnitudePrune()))
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Bake the masks in: plain ``weight`` parameters with the pruned entries at zero."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def sparsity(model: nn.Module) -> dict[str, Any]:
+    """Zero fraction per conv/linear weight, and over all of them."""
+    per_layer, zeros, total = {}, 0, 0
+    for name, m in prunable_layers(model).items():
+        w = effective_weight(m)
+        z = int((w == 0).sum())
+        per_layer[name] = z / w.numel()
+        zeros, total = zeros + z, total + w.numel()
+    return {"global": zeros / total, "layers": per_layer}
+
+
+def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3."""
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    progress = (step - start) / (end - start)
+    return final + (initial - final) * (1 - progress) ** 3
+
+
+class GradualPruner:
+    """Raise global sparsity on the cubic schedule at the start of each epoch; plug it into
+    ``Trainer(..., on_train_epoch_start=GradualPruner(...))``."""
+
+    def __init__(
+        self,
+        final: float,
+        start_epoch: int,
+        end_epoch: int,
+        initial: float = 0.0,
+        layers: list[str] | None = None,
+    ) -> None:
+        if not start_epoch < end_epoch:
+            raise ValueError("gradual pruning needs start_epoch < end_epoch")
+        self.final, self.start, self.end, self.initial = final, start_epoch, end_epoch, initial
+        self.layers = layers
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        target = cubic_sparsity(epoch, self.start, self.end, self.final, self.initial)
+        if target > 0:
+            magnitude_prune(model, MagnitudePrune(amount=target, layers=self.layers))
+        self.history.append((epoch, target))
+
+
+def iterative_prune(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    final: float,
+    rounds: int,
+    train_config: Any,
+    val_loader: torch.utils.data.DataLoader | None = None,
+) -> list[dict[str, Any]]:
+    """Prune to ``final`` sparsity in ``rounds`` geometric steps, fine-tuning after each."""
+    from dlforge.train import Trainer
+
+    log = []
+    keep = 1.0 - final
+    for r in range(1, rounds + 1):
+        amount = 1.0 - math.pow(keep, r / rounds)  # the same fraction of survivors each round
+        magnitude_prune(model, MagnitudePrune(amount=amount))
+        history = Trainer(model, train_config).fit(train_loader, val_loader)
+        log.append(
+            {"round": r, "sparsity": sparsity(model)["global"], "last_epoch": history.epochs[-1]}
+        )
+    return log

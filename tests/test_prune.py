@@ -1,0 +1,117 @@
+"""Unstructured pruning against torch.nn.utils.prune, and its behaviour through fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+from dlforge.compress.prune import (
+    GradualPruner,
+    MagnitudePrune,
+    cubic_sparsity,
+    iterative_prune,
+    magnitude_prune,
+    make_permanent,
+    sparsity,
+)
+from dlforge.models import create_model
+from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+
+
+def layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.9])
+def test_global_magnitude_matches_torch(amount: float) -> None:
+    torch.manual_seed(0)
+    ours = create_model("resnet20", (3, 16, 16), 10)
+    ref = copy.deepcopy(ours)
+    magnitude_prune(ours, MagnitudePrune(amount=amount, scope="global"))
+    torch_prune.global_unstructured(
+        layers(ref), pruning_method=torch_prune.L1Unstructured, amount=amount
+    )
+    for (a, _), (b, _) in zip(layers(ours), layers(ref)):
+        assert torch.equal(a.weight == 0, b.weight_mask == 0)
+    assert sparsity(ours)["global"] == pytest.approx(amount, abs=1e-4)
+
+
+def test_layerwise_and_threshold() -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", (1, 8, 8), 10)
+    ref = copy.deepcopy(model)
+    magnitude_prune(model, MagnitudePrune(amount=0.5, scope="layer"))
+    for (a, _), (b, _) in zip(layers(model), layers(ref)):
+        torch_prune.l1_unstructured(b, "weight", amount=0.5)
+        assert torch.equal(a.weight == 0, b.weight_mask == 0)
+    model = create_model("mlp", (10,), 3)
+    magnitude_prune(model, MagnitudePrune(amount=None, threshold=0.05))
+    for m, _ in layers(model):
+        w = m.parametrizations.weight.original
+        assert torch.equal(m.weight == 0, w.abs() <= 0.05)
+    with pytest.raises(ValueError, match="exactly one of amount or threshold"):
+        magnitude_prune(model, MagnitudePrune(amount=0.5, threshold=0.1))
+    with pytest.raises(ValueError, match="no conv/linear layer named"):
+        magnitude_prune(model, MagnitudePrune(layers=["nope"]))
+
+
+def test_masks_hold_through_fine_tuning_and_become_permanent(digits) -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
+    magnitude_prune(model, MagnitudePrune(amount=0.8))
+    zeros = {
+        n: (m.weight == 0).clone()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    }
+    cfg = TrainConfig(
+        epochs=2, progress=False, optimizer=OptimizerConfig(name="adamw", lr=1e-2, weight_decay=0.1)
+    )
+    Trainer(model, cfg).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
+    for n, m in model.named_modules():
+        if n in zeros:
+            assert torch.all(m.weight[zeros[n]] == 0)  # pruned weights stayed zero
+    make_permanent(model)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())
+    assert sparsity(model)["global"] == pytest.approx(0.8, abs=1e-3)
+    assert "0.weight" in model.state_dict()  # a plain checkpoint again
+
+
+def test_cubic_schedule_and_gradual_pruning(digits) -> None:
+    assert cubic_sparsity(0, 0, 10, 0.9) == 0.0
+    assert cubic_sparsity(10, 0, 10, 0.9) == 0.9
+    assert cubic_sparsity(5, 0, 10, 0.9) == pytest.approx(0.9 * (1 - 0.5**3))
+    torch.manual_seed(0)
+    model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
+    pruner = GradualPruner(final=0.9, start_epoch=0, end_epoch=3)
+    cfg = TrainConfig(epochs=8, progress=False, optimizer=OptimizerConfig(lr=1e-2))
+    trainer = Trainer(model, cfg, on_train_epoch_start=pruner)
+    history = trainer.fit(
+        digits.loader("train", 64, True, torch.Generator().manual_seed(0)),
+        digits.loader("val", 256),
+    )
+    assert [round(s, 4) for _, s in pruner.history] == [
+        0.0,
+        round(0.9 * (1 - (2 / 3) ** 3), 4),
+        round(0.9 * (1 - (1 / 3) ** 3), 4),
+    ] + [0.9] * 5
+    assert sparsity(model)["global"] == pytest.approx(0.9, abs=1e-3)
+    assert history.epochs[-1]["val_accuracy"] > 0.8  # still learns while being pruned
+
+
+def test_iterative_prune_reaches_the_target(digits) -> None:
+    torch.manual_seed(0)
+    model = create_model("mlp", digits.input_shape, digits.num_classes, hidden=[64])
+    cfg = TrainConfig(epochs=1, progress=False, optimizer=OptimizerConfig(lr=3e-3))
+    log = iterative_prune(
+        model, digits.loader("train", 64, True, torch.Generator().manual_seed(0)), 0.9, 3, cfg
+    )
+    assert [round(r["sparsity"], 2) for r in log] == [
+        round(1 - 0.1 ** (1 / 3), 2),
+        round(1 - 0.1 ** (2 / 3), 2),
+        0.9,
+    ]
