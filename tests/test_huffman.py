@@ -29,7 +29,12 @@ def test_known_code() -> None:
     symbols = np.repeat(np.arange(6), [45, 13, 12, 16, 9, 5])
     assert code_lengths(symbols) == {0: 1, 1: 3, 2: 3, 3: 3, 4: 4, 5: 4}
     codes = canonical_codes(code_lengths(symbols))
-    assert codes[0] == (0b0, 1) and codes[1] == (0b100, 3) and codes[4] == (0b1110, 4) and codes[5] == (0b1111, 4)
+    assert (
+        codes[0] == (0b0, 1)
+        and codes[1] == (0b100, 3)
+        and codes[4] == (0b1110, 4)
+        and codes[5] == (0b1111, 4)
+    )
 
 
 def test_edge_cases() -> None:

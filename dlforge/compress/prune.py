@@ -69,10 +69,11 @@ def effective_weight(module: Layer) -> torch.Tensor:
 
 def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A 0/1 mask that removes the ``k`` smallest scores (as torch.nn.utils.prune does)."""
-    mask = torch.ones_like(scores)
+    flat = scores.reshape(-1)  # logical order, also for channels_last weights
+    mask = torch.ones(flat.numel(), dtype=scores.dtype, device=scores.device)
     if k > 0:
-        mask.view(-1)[torch.topk(scores.view(-1), k, largest=False).indices] = 0
-    return mask
+        mask[torch.topk(flat, k, largest=False).indices] = 0
+    return mask.reshape(scores.shape)
 
 
 def compute_masks(model: nn.Module, cfg: MagnitudePrune) -> dict[str, torch.Tensor]:
@@ -159,17 +160,20 @@ class GradualPruner:
         end_epoch: int,
         initial: float = 0.0,
         layers: list[str] | None = None,
+        scope: Literal["global", "layer"] = "global",
     ) -> None:
         if not start_epoch < end_epoch:
             raise ValueError("gradual pruning needs start_epoch < end_epoch")
         self.final, self.start, self.end, self.initial = final, start_epoch, end_epoch, initial
-        self.layers = layers
+        self.layers, self.scope = layers, scope
         self.history: list[tuple[int, float]] = []
 
     def __call__(self, epoch: int, model: nn.Module) -> None:
         target = cubic_sparsity(epoch, self.start, self.end, self.final, self.initial)
         if target > 0:
-            magnitude_prune(model, MagnitudePrune(amount=target, layers=self.layers))
+            magnitude_prune(
+                model, MagnitudePrune(amount=target, layers=self.layers, scope=self.scope)
+            )
         self.history.append((epoch, target))
 
 

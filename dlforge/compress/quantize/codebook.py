@@ -45,18 +45,28 @@ class SharedWeightLayer(nn.Module):
     """A conv/linear whose weight is ``centroids[codes]``; only the centroids (and bias) train."""
 
     codes: torch.Tensor
+    mask: torch.Tensor | None
 
-    def __init__(self, layer: nn.Module, bits: int, iterations: int = 50) -> None:
+    def __init__(
+        self, layer: nn.Module, bits: int, iterations: int = 50, keep_zeros: bool = False
+    ) -> None:
         super().__init__()
         assert isinstance(layer, SHAREABLE)
         self.layer, self.bits = layer, bits
-        centroids, codes = kmeans_1d(layer.weight, 2**bits, iterations)
+        w = layer.weight.detach().contiguous()  # NHWC weights from channels_last training
+        # keep_zeros: pruned weights stay exactly zero and do not pull a centroid towards 0.
+        mask = (w != 0) if keep_zeros else None
+        values = w[mask] if mask is not None and bool(mask.any()) else w
+        centroids, _ = kmeans_1d(values, 2**bits, iterations)
+        codes = torch.bucketize(w, (centroids[1:] + centroids[:-1]) / 2)
         self.centroids = nn.Parameter(centroids)
         self.register_buffer("codes", codes.to(torch.uint8 if bits <= 8 else torch.int16))
+        self.register_buffer("mask", mask.float() if mask is not None else None)
         layer.weight.requires_grad_(False)  # replaced by the codebook
 
     def weight(self) -> torch.Tensor:
-        return self.centroids[self.codes.long()]
+        w = self.centroids[self.codes.long()]
+        return w * self.mask if self.mask is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight()
@@ -74,6 +84,7 @@ class CodebookConfig:
     bits: int = 4
     layers: list[str] | None = None  # default: every conv and linear layer
     iterations: int = 50
+    keep_zeros: bool = False  # for pruned models: zeros stay zero, outside every cluster
 
 
 @dataclass
@@ -103,9 +114,9 @@ def share_weights(model: nn.Module, config: CodebookConfig | None = None) -> Cod
     if not targets:
         raise ValueError("codebook: the model has no conv or linear layer to share weights in")
     for name in targets:
-        model.set_submodule(
-            name, SharedWeightLayer(model.get_submodule(name), config.bits, config.iterations)
-        )
+        layer = model.get_submodule(name)
+        shared = SharedWeightLayer(layer, config.bits, config.iterations, config.keep_zeros)
+        model.set_submodule(name, shared)
     return CodebookResult(model, targets)
 
 
