@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the ONNX files and quantize.json (default: the run folder's deploy/)",
     )
 
+    p = sub.add_parser(
+        "compress", help="prune / low-rank / Deep Compression / distill a checkpoint"
+    )
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
+    p.add_argument("--recipe", default=None, help="a recipe whose compress: section to run")
+    _set_option(p, "compress settings, e.g. --set compress.prune.sparsity=0.8")
+
     p = sub.add_parser("bench", help="latency, throughput, memory, size and accuracy of variants")
     p.add_argument("checkpoint", help="the fp32 checkpoint (its eager model is the baseline)")
     p.add_argument(
@@ -135,6 +142,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(
                 f"{row['variant']:<28} p50 {row['latency_p50_ms']:.3f} ms  "
                 f"{row['throughput_x']:.2f}x throughput"
+            )
+        return 0
+    if args.command == "compress":
+        result = pipeline.compress_checkpoint(args.checkpoint, args.recipe, args.overrides)
+        for row in result["rows"]:
+            print(
+                f"{row['variant']:<18} acc {row['accuracy']:.4f}  {row['compression_x']:.1f}x smaller  "
+                f"{row['throughput_x']:.2f}x throughput  ({row['stored_bytes']} bytes)"
             )
         return 0
     if args.command == "bench":

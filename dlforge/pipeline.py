@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlforge.compress.stage import compress_stage
 from dlforge.data import DataBundle, load_data
 from dlforge.deploy.stages import bench_stage, quantize_stage
 from dlforge.environment import environment
 from dlforge.evaluate import evaluate_model
 from dlforge.models import create_model
-from dlforge.recipe import Recipe, recipe_from_dict
+from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 from dlforge.report import write_report
 from dlforge.train import (
     CheckpointError,
@@ -137,6 +138,16 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     )
     t = _stage(timings, "evaluate", t)
     deploy_dir = run_dir / "deploy"
+    if recipe.compress.enabled:
+        result["compress"] = compress_stage(
+            model,
+            data,
+            recipe.compress,
+            run_dir / "compress",
+            recipe.model.name,
+            recipe.model.kwargs,
+        )
+        t = _stage(timings, "compress", t)
     if recipe.quantize.enabled:
         result["quantize"] = quantize_stage(model, data, recipe.quantize, deploy_dir)
         t = _stage(timings, "quantize", t)
@@ -240,3 +251,23 @@ def _merge_into_run(checkpoint: str | Path, parts: dict[str, Any]) -> None:
     atomic_write_json(metrics_path, metrics)
     if (run_dir / "report.html").exists():
         write_report(run_dir)
+
+
+def compress_checkpoint(
+    path: str | Path, recipe_path: str | None, overrides: list[str]
+) -> dict[str, Any]:
+    """Run the compress stage of ``recipe_path`` (or the checkpoint's own recipe) on a checkpoint."""
+    model, meta = load_checkpoint(path)
+    base = recipe_from_dict(meta["recipe"])
+    if recipe_path is not None:
+        section = load_recipe(recipe_path).compress
+        base.compress = section
+    recipe = recipe_from_dict(base.to_dict(), ["compress.enabled=true", *overrides])
+    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
+    out_dir = Path(path).resolve().parent.parent / "compress"
+    result = compress_stage(
+        model, data, recipe.compress, out_dir, recipe.model.name, recipe.model.kwargs
+    )
+    atomic_write_json(out_dir / "compress.json", result)
+    _merge_into_run(path, {"compress": result})
+    return result

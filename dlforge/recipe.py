@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from dlforge.compress.stage import CompressConfig
 from dlforge.config import ConfigError, from_dict, set_path, to_dict
 from dlforge.data.config import DataConfig
 from dlforge.deploy.stages import BenchStageConfig, QuantizeStageConfig
@@ -35,6 +36,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
     bench: BenchStageConfig = field(default_factory=BenchStageConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

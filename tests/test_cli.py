@@ -159,3 +159,33 @@ def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:
     assert cb["weight_bytes"] < cb["fp32_weight_bytes"] / 7  # 4-bit indices + 16-entry codebooks
     assert "k-means codebooks" in (tmp_path / "default/report.html").read_text()
     assert q["mixed_precision"]["weight_bytes"] <= 12000  # the size budget holds
+
+
+def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "train", *quick(tmp_path)]) == 0
+    ckpt = str(tmp_path / "default/checkpoints/best.safetensors")
+    sets = [
+        "compress.techniques=[prune, lowrank, deep_compression, distill]",
+        "compress.prune.epochs=2",
+        "compress.lowrank.epochs=1",
+        "compress.deep_compression.prune_epochs=3",
+        "compress.deep_compression.codebook_epochs=1",
+        "compress.distill.epochs=2",
+        "compress.bench_rounds=1",
+    ]
+    args = ["-q", "compress", ckpt, "--recipe", str(ROOT / "recipes/deep_compression.yaml")]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert all(v in out for v in ("baseline", "prune", "lowrank", "deep_compression", "distill"))
+    result = json.loads((tmp_path / "default/compress/compress.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["prune"]["nonzero_params"] < 0.15 * rows["baseline"]["nonzero_params"]
+    assert rows["prune"]["onnx_bytes"] == rows["baseline"]["onnx_bytes"]  # dense shapes remain
+    assert rows["lowrank"]["params"] < rows["baseline"]["params"]
+    assert rows["deep_compression"]["compression_x"] > 10
+    assert rows["distill"]["params"] < 0.35 * rows["baseline"]["params"]
+    metrics = json.loads((tmp_path / "default/metrics.json").read_text())
+    assert metrics["compress"]["rows"][0]["variant"] == "baseline"
+    assert main(["-q", "report", str(tmp_path / "default")]) == 0
+    html = (tmp_path / "default/report.html").read_text()
+    assert "data-figure='pareto'" in html and "zeros in dense kernels buy no speed" in html

@@ -172,6 +172,22 @@ def render_report(result: dict[str, Any]) -> str:
         )
         parts.append("<h3>Epochs</h3>" + _table(tr["epochs"]))
 
+    cz = result.get("compress")
+    if cz:
+        parts.append("<h2>Compression (each technique from the same trained model)</h2>")
+        parts.append(_table(cz["rows"]))
+        parts.append(
+            _safe_figure(
+                "pareto",
+                lambda: plots.pareto(cz["rows"]),
+                "Accuracy against bytes stored; the baseline is the uncompressed model.",
+                notes,
+            )
+        )
+        parts.append(
+            "<p class='muted'>Unstructured pruning keeps dense tensor shapes: its ONNX "
+            "latency shows that zeros in dense kernels buy no speed.</p>"
+        )
     qz = result.get("quantize")
     if qz:
         parts.append("<h2>Quantization (int8)</h2>")

@@ -161,3 +161,22 @@ def tradeoff(rows: list[dict[str, Any]]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
+
+
+def pareto(rows: list[dict[str, Any]]) -> bytes:
+    """Accuracy against bytes stored (log scale), one point per compression variant."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        marker = "*" if r["variant"] == "baseline" else "o"
+        ax.scatter(
+            r["stored_bytes"],
+            r["accuracy"],
+            s=120 if marker == "*" else 60,
+            marker=marker,
+            label=f"{r['variant']} ({r['compression_x']:.1f}x)",
+        )
+    ax.set_xscale("log")
+    ax.set(xlabel="bytes stored (log)", ylabel="test accuracy", title="accuracy vs size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return to_png(fig)

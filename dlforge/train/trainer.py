@@ -293,7 +293,7 @@ class Trainer:
         name = self.config.early_stopping.monitor
         if not has_val and name.startswith("val_"):
             fallback = "train_" + name[4:]
-            log.warning("no validation data: monitoring %s instead of %s", fallback, name)
+            log.info("no validation data: monitoring %s instead of %s", fallback, name)
             return fallback
         return name
 
