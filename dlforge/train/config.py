@@ -82,6 +82,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     label_smoothing: float = 0.0
     l1: float = 0.0  # L1 penalty on weights (not biases or norm layers)
+    bn_l1: float = 0.0  # L1 penalty on batch-norm scales (network slimming, Liu et al., 2017)
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     accumulate_steps: int = 1

@@ -95,6 +95,15 @@ class Trainer:
         self.scaler = self.precision.scaler()
         self.monitor = GradientMonitor(model, cfg.grad_monitor)
         self.l1_params = split_decay(model)[0] if cfg.l1 > 0 else []
+        self.bn_scales = (
+            [
+                m.weight
+                for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+            ]
+            if cfg.bn_l1 > 0
+            else []
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
@@ -221,6 +230,8 @@ class Trainer:
             loss = self.loss_fn(out.float(), y)  # the loss itself in fp32
             if self.l1_params:
                 loss = loss + cfg.l1 * l1_penalty(self.l1_params)
+            if self.bn_scales:
+                loss = loss + cfg.bn_l1 * l1_penalty(self.bn_scales)
             if not torch.isfinite(loss):
                 skipped += 1
                 self._on_nonfinite(loss, i)

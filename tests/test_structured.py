@@ -1,0 +1,105 @@
+"""Structured pruning: channels removed by surgery, dependent layers shrunk, model still exact."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from dlforge.compress.prune import apply_masks
+from dlforge.compress.structured import ChannelPrune, channel_spaces, nm_masks, prune_channels
+from dlforge.deploy.export import export_onnx
+from dlforge.models import create_model
+
+
+def kill_channels(model: nn.Module, bn_name: str, channels: list[int]) -> None:
+    """Make channels exactly dead: BN scale and shift 0 means the channel outputs 0."""
+    bn = model.get_submodule(bn_name)
+    with torch.no_grad():
+        bn.weight[channels] = 0
+        bn.bias[channels] = 0
+
+
+def params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs"), [((1, 8, 8), {}), ((1, 40), {"pool": "flatten", "stride": [1, 2]})]
+)
+def test_removing_dead_channels_is_exact(shape, kwargs) -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", shape, 10, channels=[8, 16], **kwargs).eval()
+    kill_channels(model, "1", [0, 3, 5, 6])
+    kill_channels(model, "4", list(range(8)))
+    x = torch.randn(5, *shape)
+    result = prune_channels(model, x[:1], ChannelPrune(amount=0.5, criterion="bn_scale"))
+    small = result.model
+    assert small[0].out_channels == 4 and small[3].in_channels == 4 and small[3].out_channels == 8
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+    assert list(result.pinned.values()) == ["feeds the model output"]  # the logits keep all classes
+
+
+def test_resnet_residual_spaces() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    identity = create_model("resnet20", (3, 16, 16), 10).eval()
+    spaces = channel_spaces(identity, x[:1])
+    free = [s for s in spaces.values() if not s.pinned]
+    assert all(
+        len(s.producers) == 1 and s.producers[0].endswith("conv1") for s in free
+    )  # inside blocks
+    projection = create_model("resnet20", (3, 16, 16), 10, shortcut="projection").eval()
+    merged = [
+        s
+        for s in channel_spaces(projection, x[:1]).values()
+        if len(s.producers) > 1 and not s.pinned
+    ]
+    assert merged  # both sides of an add (conv2 and the projection) prune together
+    result = prune_channels(projection, x[:1], ChannelPrune(amount=0.5))
+    assert params(result.model) < 0.5 * params(projection)
+    out = result.model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_pruned_model_exports_and_is_dense(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", (1, 8, 8), 10).eval()
+    result = prune_channels(model, torch.randn(1, 1, 8, 8), ChannelPrune(amount=0.5))
+    path = export_onnx(result.model, torch.randn(1, 1, 8, 8), tmp_path / "small.onnx")
+    conv_weights = [t for t in onnx.load(path).graph.initializer if len(t.dims) == 4]
+    assert sorted(t.dims[0] for t in conv_weights) == [16, 32]
+
+
+def test_two_four_masks() -> None:
+    torch.manual_seed(0)
+    model = create_model("mlp", (16,), 4, hidden=[8])
+    masks = nm_masks(model, 2, 4)
+    assert set(masks) == {"1", "3"}
+    for name, mask in masks.items():
+        groups = mask.reshape(mask.shape[0], -1, 4)
+        assert torch.all(groups.sum(-1) == 2)
+        w = model.get_submodule(name).weight.detach().abs().reshape(mask.shape[0], -1, 4)
+        kept_min = torch.where(groups.bool(), w, torch.inf).amin(-1)
+        dropped_max = torch.where(groups.bool(), -torch.inf, w).amax(-1)
+        assert torch.all(kept_min >= dropped_max)  # the two largest of every four survive
+    apply_masks(model, masks)
+    conv = create_model("cnn", (4, 8, 8), 3, channels=[8, 8])
+    conv_masks = nm_masks(conv)
+    assert "3" in conv_masks and conv_masks["3"].shape == conv[3].weight.shape
+
+
+def test_network_slimming_penalty_shrinks_bn_scales(digits) -> None:
+    from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+
+    scales = {}
+    for bn_l1 in (0.0, 1e-1):
+        torch.manual_seed(0)
+        model = create_model("cnn", digits.input_shape, digits.num_classes, channels=[16, 32])
+        cfg = TrainConfig(epochs=3, progress=False, bn_l1=bn_l1, optimizer=OptimizerConfig(lr=3e-3))
+        Trainer(model, cfg).fit(digits.loader("train", 64, True, torch.Generator().manual_seed(0)))
+        scales[bn_l1] = (
+            torch.cat([model[1].weight.detach(), model[4].weight.detach()]).abs().mean().item()
+        )
+    assert scales[1e-1] < 0.9 * scales[0.0]
