@@ -28,9 +28,11 @@ from dlforge.compress.quantize.fold import trace
 
 CONV = (nn.Conv1d, nn.Conv2d)
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-KEEP_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Dropout, nn.Identity,
-                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
-                nn.MaxPool1d, nn.MaxPool2d) + BN  # fmt: skip
+KEEP_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Dropout, nn.Identity,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.MaxPool1d, nn.MaxPool2d, *BN,
+)  # fmt: skip
 KEEP_FUNCTIONS = {F.relu, torch.relu, F.gelu, F.silu, F.dropout, F.adaptive_avg_pool2d,
                   F.adaptive_avg_pool1d, F.max_pool2d, F.avg_pool2d}  # fmt: skip
 ADD = {operator.add, operator.iadd, torch.add}
