@@ -165,8 +165,9 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["-q", "train", *quick(tmp_path)]) == 0
     ckpt = str(tmp_path / "default/checkpoints/best.safetensors")
     sets = [
-        "compress.techniques=[prune, lowrank, deep_compression, distill]",
+        "compress.techniques=[prune, structured, lowrank, deep_compression, distill]",
         "compress.prune.epochs=2",
+        "compress.structured.epochs=1",
         "compress.lowrank.epochs=1",
         "compress.deep_compression.prune_epochs=3",
         "compress.deep_compression.codebook_epochs=1",
@@ -182,6 +183,7 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rows["prune"]["nonzero_params"] < 0.15 * rows["baseline"]["nonzero_params"]
     assert rows["prune"]["onnx_bytes"] == rows["baseline"]["onnx_bytes"]  # dense shapes remain
     assert rows["lowrank"]["params"] < rows["baseline"]["params"]
+    assert rows["structured"]["params"] < 0.4 * rows["baseline"]["params"]  # half the channels
     assert rows["deep_compression"]["compression_x"] > 10
     assert rows["distill"]["params"] < 0.35 * rows["baseline"]["params"]
     metrics = json.loads((tmp_path / "default/metrics.json").read_text())

@@ -22,17 +22,25 @@ from dlforge.compress.deep_compression import DeepCompressionConfig, deep_compre
 from dlforge.compress.distill import Distiller, width_scaled
 from dlforge.compress.lowrank import LowRankConfig, factorize
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
+from dlforge.compress.structured import ChannelPrune, prune_channels
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
 
-Technique = Literal["prune", "lowrank", "deep_compression", "distill"]
+Technique = Literal["prune", "structured", "lowrank", "deep_compression", "distill"]
 
 
 @dataclass
 class PruneStageConfig:
     sparsity: float = 0.9
     epochs: int = 4  # gradual (cubic) pruning while fine-tuning
+
+
+@dataclass
+class StructuredStageConfig:
+    amount: float = 0.5  # fraction of channels removed per prunable space (~3/4 of a conv's FLOPs)
+    criterion: Literal["l1", "l2", "bn_scale"] = "l1"
+    epochs: int = 4  # fine-tuning after surgery
 
 
 @dataclass
@@ -58,6 +66,7 @@ class CompressConfig:
     lr: float = 1e-3
     batch_size: int = 64
     prune: PruneStageConfig = field(default_factory=PruneStageConfig)
+    structured: StructuredStageConfig = field(default_factory=StructuredStageConfig)
     lowrank: LowRankStageConfig = field(default_factory=LowRankStageConfig)
     deep_compression: DeepCompressionConfig = field(default_factory=DeepCompressionConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
@@ -114,6 +123,17 @@ def compress_stage(
             )
             make_permanent(work)
             notes["prune"] = {"sparsity": sparsity(work)["global"]}
+        elif technique == "structured":
+            plan = ChannelPrune(cfg.structured.amount, cfg.structured.criterion)
+            surgery = prune_channels(work, example, plan)
+            work = surgery.model
+            if cfg.structured.epochs:
+                _train(work, data, cfg.structured.epochs, cfg.lr, cfg.batch_size)
+            notes["structured"] = {
+                "kept": surgery.kept,
+                "removed": surgery.removed,
+                "pinned": surgery.pinned,
+            }
         elif technique == "lowrank":
             # The first layer (few input channels) and the classifier (few outputs) gain little
             # and lose most from a rank cut, as is usual practice: factorise the layers between.
