@@ -26,7 +26,8 @@ def params(m: nn.Module) -> int:
 
 
 @pytest.mark.parametrize(
-    ("shape", "kwargs"), [((1, 8, 8), {}), ((1, 40), {"pool": "flatten", "stride": [1, 2]})]
+    ("shape", "kwargs"),
+    [((1, 8, 8), {}), ((1, 40), {"pool": "flatten", "stride": [1, 2], "dropout": 0.2})],
 )
 def test_removing_dead_channels_is_exact(shape, kwargs) -> None:
     torch.manual_seed(0)

@@ -85,6 +85,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> dict[int, Channel
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     space_of: dict[fx.Node, int | None] = {}  # the channel space of a node's output
+    flat_factor: dict[fx.Node, int] = {}  # features per channel after a flatten
     spaces: dict[int, ChannelSpace] = {}
     counter = iter(range(10**9))
 
@@ -113,7 +114,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> dict[int, Channel
                 pin(inputs[0], f"grouped conv {node.target}")
                 space_of[node] = None
                 continue
-            factor = getattr(node, "_flatten_factor", None) or 1
+            factor = flat_factor.get(inputs[0], 1)
             if src is not None:
                 spaces[uf.find(src)].consumers.append((str(node.target), factor))
             sid = new_space(m.out_channels if isinstance(m, CONV) else m.out_features)
@@ -123,8 +124,12 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> dict[int, Channel
             if isinstance(modules[str(node.target)], BN) and src is not None:
                 spaces[uf.find(src)].norms.append(str(node.target))
             space_of[node] = src
+            if inputs and inputs[0] in flat_factor:
+                flat_factor[node] = flat_factor[inputs[0]]  # e.g. dropout after the flatten
         elif node.op == "call_function" and node.target in KEEP_FUNCTIONS:
             space_of[node] = src
+            if inputs and inputs[0] in flat_factor:
+                flat_factor[node] = flat_factor[inputs[0]]
         elif (node.op == "call_function" and node.target in ADD) or (
             node.op == "call_method" and node.target == "add"
         ):
@@ -153,8 +158,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> dict[int, Channel
             for s in shape[2:]:
                 spatial *= int(s)
             space_of[node] = src
-            for user in node.users:  # the next linear sees channel * spatial features
-                user._flatten_factor = spatial
+            flat_factor[node] = spatial  # the next linear sees channel * spatial features
         else:
             for arg in inputs:
                 pin(arg, f"used by {node.op} {node.target}")
