@@ -186,6 +186,8 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rows["structured"]["params"] < 0.4 * rows["baseline"]["params"]  # half the channels
     assert rows["deep_compression"]["compression_x"] > 10
     assert rows["distill"]["params"] < 0.35 * rows["baseline"]["params"]
+    assert rows["student_alone"]["params"] == rows["distill"]["params"]
+    assert isinstance(result["notes"]["distill"]["gap_closed"], float)
     metrics = json.loads((tmp_path / "default/metrics.json").read_text())
     assert metrics["compress"]["rows"][0]["variant"] == "baseline"
     assert main(["-q", "report", str(tmp_path / "default")]) == 0

@@ -174,6 +174,7 @@ def compress_stage(
             from dlforge.models import create_model
 
             kwargs = width_scaled(model_kwargs or {}, model_name, cfg.distill.width)
+            torch.manual_seed(0)  # the distilled student and the one trained alone start alike
             student = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
             distiller = Distiller(
                 student, _plain(model), cfg.distill.temperature, cfg.distill.alpha
@@ -183,8 +184,19 @@ def compress_stage(
             )
             work = student
             notes["distill"] = {"student_kwargs": kwargs}
+            # The same student trained alone on the labels: the yardstick for what distillation adds.
+            torch.manual_seed(0)
+            alone = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
+            _train(alone, data, cfg.distill.epochs, cfg.lr, cfg.batch_size)
+            variants["student_alone"] = {"model": _plain(alone)}
         variants[technique] = {"model": _plain(work)}
-    return _measure(variants, notes, data, example, out_dir, cfg)
+    result = _measure(variants, notes, data, example, out_dir, cfg)
+    acc = {r["variant"]: r["accuracy"] for r in result["rows"]}
+    if "distill" in acc and "student_alone" in acc:
+        gap = acc["baseline"] - acc["student_alone"]
+        closed = (acc["distill"] - acc["student_alone"]) / gap if gap > 0 else float("nan")
+        result["notes"]["distill"]["gap_closed"] = closed  # share of the teacher-student gap
+    return result
 
 
 def _measure(
