@@ -190,13 +190,13 @@ def compress_stage(
             _train(alone, data, cfg.distill.epochs, cfg.lr, cfg.batch_size)
             variants["student_alone"] = {"model": _plain(alone)}
         variants[technique] = {"model": _plain(work)}
-    result = _measure(variants, notes, data, example, out_dir, cfg)
-    acc = {r["variant"]: r["accuracy"] for r in result["rows"]}
+    measured = _measure(variants, notes, data, example, out_dir, cfg)
+    acc = {r["variant"]: r["accuracy"] for r in measured["rows"]}
     if "distill" in acc and "student_alone" in acc:
         gap = acc["baseline"] - acc["student_alone"]
         closed = (acc["distill"] - acc["student_alone"]) / gap if gap > 0 else float("nan")
-        result["notes"]["distill"]["gap_closed"] = closed  # share of the teacher-student gap
-    return result
+        measured["notes"]["distill"]["gap_closed"] = closed  # share of the teacher-student gap
+    return measured
 
 
 def _measure(
