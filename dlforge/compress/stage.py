@@ -9,7 +9,6 @@ speed up dense kernels.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from dlforge.compress.structured import ChannelPrune, prune_channels
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
+from dlforge.deploy.stages import plain_copy
 
 Technique = Literal["prune", "structured", "lowrank", "deep_compression", "distill"]
 
@@ -89,11 +89,6 @@ def _train(
     )
 
 
-def _plain(model: nn.Module) -> nn.Module:
-    out: nn.Module = copy.deepcopy(model).cpu().eval()
-    return out.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-
-
 def _count(model: nn.Module) -> tuple[int, int]:
     params = [p for p in model.parameters()]
     return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
@@ -110,10 +105,10 @@ def compress_stage(
     """Apply each technique to a copy of ``model``; measure every variant and the baseline."""
     out_dir.mkdir(parents=True, exist_ok=True)
     example = data.test[0][:1]
-    variants: dict[str, dict[str, Any]] = {"baseline": {"model": _plain(model)}}
+    variants: dict[str, dict[str, Any]] = {"baseline": {"model": plain_copy(model)}}
     notes: dict[str, Any] = {}
     for technique in cfg.techniques:
-        work = _plain(model)
+        work = plain_copy(model)
         if technique == "prune":
             pruner = GradualPruner(
                 final=cfg.prune.sparsity, start_epoch=0, end_epoch=max(1, cfg.prune.epochs - 1)
@@ -177,7 +172,7 @@ def compress_stage(
             torch.manual_seed(0)  # the distilled student and the one trained alone start alike
             student = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
             distiller = Distiller(
-                student, _plain(model), cfg.distill.temperature, cfg.distill.alpha
+                student, plain_copy(model), cfg.distill.temperature, cfg.distill.alpha
             )
             _train(
                 distiller, data, cfg.distill.epochs, cfg.lr, cfg.batch_size, loss_fn=distiller.loss
@@ -188,8 +183,8 @@ def compress_stage(
             torch.manual_seed(0)
             alone = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
             _train(alone, data, cfg.distill.epochs, cfg.lr, cfg.batch_size)
-            variants["student_alone"] = {"model": _plain(alone)}
-        variants[technique] = {"model": _plain(work)}
+            variants["student_alone"] = {"model": plain_copy(alone)}
+        variants[technique] = {"model": plain_copy(work)}
     measured = _measure(variants, notes, data, example, out_dir, cfg)
     acc = {r["variant"]: r["accuracy"] for r in measured["rows"]}
     if "distill" in acc and "student_alone" in acc:

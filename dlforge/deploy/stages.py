@@ -51,7 +51,7 @@ class BenchStageConfig(BenchConfig):
     enabled: bool = False
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
+def plain_copy(model: nn.Module) -> nn.Module:
     """An eval-mode CPU copy in the default memory format (the trainer may leave NHWC)."""
     out: nn.Module = copy.deepcopy(model).cpu().eval()
     return out.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -65,7 +65,7 @@ def quantize_stage(
     model: nn.Module, data: DataBundle, cfg: QuantConfig, out_dir: Path
 ) -> dict[str, Any]:
     """PTQ on training batches, export fp32 and int8 ONNX, and score all three on the test split."""
-    model = _plain_copy(model)
+    model = plain_copy(model)
     x_train = data.train[0]
     calib = [
         x_train[i : i + 64] for i in range(0, min(len(x_train), 64 * cfg.calibration_batches), 64)
@@ -168,7 +168,7 @@ def bench_stage(
     model: nn.Module, data: DataBundle, cfg: BenchConfig, onnx_files: dict[str, str]
 ) -> dict[str, Any]:
     """Benchmark eager fp32 (and bf16 autocast where the CPU has it) and the ONNX files."""
-    model = _plain_copy(model)
+    model = plain_copy(model)
     x, y = data.test
     sample, labels = x.numpy().astype(np.float32), y.numpy()
     variants = [Variant("fp32 eager (PyTorch)", torch_runner(model))]
