@@ -74,7 +74,9 @@ def main() -> None:
         print(f"\n## {name} (seed 0; ONNX Runtime, 2 threads)\n")
         print(table(rows))
         closed = out["notes"]["distill"]["gap_closed"]
-        print(f"\ndistillation closed {closed:.2f} of the gap between the student alone and the teacher")
+        print(
+            f"\ndistillation closed {closed:.2f} of the gap between the student alone and the teacher"
+        )
     save("compress", {"results": results, "settings": SETTINGS})
 
 
