@@ -90,7 +90,7 @@ def _train(
 
 
 def _count(model: nn.Module) -> tuple[int, int]:
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
 
 
