@@ -40,15 +40,18 @@ SETTINGS = {
     "distill": {"width": 0.5, "epochs": 20},
     "bench_rounds": 5,
 }
+# Per model, where one setting does not fit all: ResNet-20 keeps its accuracy at 95% sparsity
+# (measured: 93% lost 0.8 points at 41.8x, 95% lost nothing at 50.5x), the small CNNs do not.
+PER_MODEL = {"resnet20": {"deep_compression": {**SETTINGS["deep_compression"], "sparsity": 0.95}}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     args = ap.parse_args()
-    cfg = from_dict(CompressConfig, {"enabled": True, **SETTINGS})
     results = {}
     for name in args.models:
+        cfg = from_dict(CompressConfig, {"enabled": True, **SETTINGS, **PER_MODEL.get(name, {})})
         spec = MODELS[name]
         data = data_for(spec, 0)
         model = train(spec, data, 0)
@@ -77,7 +80,7 @@ def main() -> None:
         print(
             f"\ndistillation closed {closed:.2f} of the gap between the student alone and the teacher"
         )
-    save("compress", {"results": results, "settings": SETTINGS})
+    save("compress", {"results": results, "settings": SETTINGS, "per_model": PER_MODEL})
 
 
 if __name__ == "__main__":
