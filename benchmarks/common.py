@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dlforge.environment import environment
+from dlforge.train.checkpoint import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,5 +37,4 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     """Write the raw numbers next to the scripts, with the machine they came from."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({**payload, "environment": environment()}, indent=2) + "\n")
-    return path
+    return atomic_write_json(path, {**payload, "environment": environment()})

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from dlforge.data import DataConfig
 from dlforge.data.builtin import digits as raw_digits
 from dlforge.deploy import Session
 from dlforge.pipeline import run
@@ -51,4 +50,3 @@ def test_session_from_run_folder(tmp_path: Path) -> None:
         session.predict(raw.reshape(200, -1))
     with pytest.raises(FileNotFoundError, match="run the quantize stage"):
         Session.from_run(tmp_path / "nowhere")
-    assert DataConfig().source == "digits"
