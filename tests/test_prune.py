@@ -101,6 +101,11 @@ def test_cubic_schedule_and_gradual_pruning(digits) -> None:
     ] + [0.9] * 5
     assert sparsity(model)["global"] == pytest.approx(0.9, abs=1e-3)
     assert history.epochs[-1]["val_accuracy"] > 0.8  # still learns while being pruned
+    # for_epochs: the ramp ends at the chosen share of the run, leaving the rest to recover
+    ramp = GradualPruner.for_epochs(0.9, epochs=20, share=0.5)
+    assert (ramp.start, ramp.end) == (0, 10)
+    with pytest.raises(ValueError, match="share"):
+        GradualPruner.for_epochs(0.9, epochs=20, share=0)
 
 
 def test_iterative_prune_reaches_the_target(digits) -> None:

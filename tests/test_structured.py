@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
 from dlforge.compress.prune import apply_masks
-from dlforge.compress.structured import ChannelPrune, channel_spaces, nm_masks, prune_channels
+from dlforge.compress.structured import (
+    ChannelPrune,
+    channel_spaces,
+    count_macs,
+    nm_masks,
+    prune_channels,
+)
 from dlforge.deploy.export import export_onnx
 from dlforge.models import create_model
 
@@ -47,10 +54,11 @@ def test_resnet_residual_spaces() -> None:
     x = torch.randn(2, 3, 16, 16)
     identity = create_model("resnet20", (3, 16, 16), 10).eval()
     spaces = channel_spaces(identity, x[:1])
-    free = [s for s in spaces.values() if not s.pinned]
-    assert all(
-        len(s.producers) == 1 and s.producers[0].endswith("conv1") for s in free
-    )  # inside blocks
+    residual = [s for s in spaces.values() if len(s.producers) > 1]
+    # option A: one residual space per stage, split at the padding shortcuts, none pinned
+    assert [s.channels for s in residual] == [16, 32, 64]
+    assert not any(s.pinned for s in residual)
+    assert [len(s.routes_in) for s in residual] == [0, 1, 1]
     projection = create_model("resnet20", (3, 16, 16), 10, shortcut="projection").eval()
     merged = [
         s
@@ -62,6 +70,45 @@ def test_resnet_residual_spaces() -> None:
     assert params(result.model) < 0.5 * params(projection)
     out = result.model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_resnet_option_a_residual_pruning_is_exact(tmp_path) -> None:
+    """Dead residual channels are removed in every stage and the padding shortcuts rewired:
+    the pruned network computes exactly what the original did."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", (3, 16, 16), 10).eval()
+    with torch.no_grad():  # random BN statistics, so that a wrong routing shows
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    stage1 = [0, 3, 5, 6, 9, 10, 12, 15]
+    # stage 2: channels whose shortcut source died in stage 1, and zero-padded ones (>= 16)
+    stage2 = [0, 3, 5, 6, *range(16, 28)]
+    stage3 = [*stage2, *range(32, 48)]  # dead in stage 2, or zero-padded
+    for name in ["stem.1", "blocks.0.bn2", "blocks.1.bn2", "blocks.2.bn2"]:
+        kill_channels(model, name, stage1)
+    for b in (3, 4, 5):
+        kill_channels(model, f"blocks.{b}.bn2", stage2)
+    for b in (6, 7, 8):
+        kill_channels(model, f"blocks.{b}.bn2", stage3)
+    for b in range(9):
+        width = model.get_submodule(f"blocks.{b}.bn1").num_features
+        kill_channels(model, f"blocks.{b}.bn1", list(range(1, width, 2)))
+    x = torch.randn(4, 3, 16, 16)
+    result = prune_channels(model, x[:1], ChannelPrune(amount=0.5, criterion="bn_scale"))
+    small = result.model
+    assert small.blocks[3].shortcut.c_in == 8 and small.blocks[6].shortcut.c_out == 32
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-4)
+    assert params(small) < 0.3 * params(model)
+    # and the rewired shortcut exports: ONNX Runtime agrees with PyTorch
+    from dlforge.deploy.runtime import OrtModel
+
+    path = export_onnx(small, x[:1], tmp_path / "resnet_small.onnx")
+    ort = OrtModel(path, threads=1)
+    np.testing.assert_allclose(ort(x.numpy()), small(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_pruned_model_exports_and_is_dense(tmp_path) -> None:
@@ -104,3 +151,27 @@ def test_network_slimming_penalty_shrinks_bn_scales(digits) -> None:
             torch.cat([model[1].weight.detach(), model[4].weight.detach()]).abs().mean().item()
         )
     assert scales[1e-1] < 0.9 * scales[0.0]
+
+
+def test_count_macs_by_hand() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, groups=2),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 10),
+    )  # fmt: skip
+    # conv1: 8x8x8 outputs x 3*9; conv2: 4x3x3 outputs x (8/2)*9; linear: 10 x 36
+    expected = 8 * 8 * 8 * 27 + 4 * 3 * 3 * 36 + 10 * 36
+    assert count_macs(model, torch.randn(2, 3, 8, 8)) == expected
+
+
+def test_prune_to_a_share_of_macs_in_blocks_of_channels() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20", (3, 16, 16), 10).eval()
+    x = torch.randn(1, 3, 16, 16)
+    full = count_macs(model, x)
+    exact = prune_channels(model, x, ChannelPrune(macs_removed=0.5))
+    assert abs(1 - count_macs(exact.model, x) / full - 0.5) < 0.03
+    blocks = prune_channels(model, x, ChannelPrune(macs_removed=0.5, round_to=8))
+    assert all(k % 8 == 0 for k in blocks.kept.values())
+    assert abs(1 - count_macs(blocks.model, x) / full - 0.5) < 0.1
+    with pytest.raises(ValueError, match="macs_removed"):
+        prune_channels(model, x, ChannelPrune(macs_removed=1.5))

@@ -38,7 +38,8 @@ FORMAT = "dlforge-deep-compression/1"
 @dataclass
 class DeepCompressionConfig:
     sparsity: float = 0.9
-    prune_epochs: int = 6  # gradual (cubic) pruning while fine-tuning
+    prune_epochs: int = 20  # gradual (cubic) pruning while fine-tuning, cosine-decayed rate
+    prune_share: float = 0.5  # share of prune_epochs raising sparsity; the rest recover
     weight_bits: int = 4  # 2^bits shared weights per layer
     codebook_epochs: int = 2  # centroid fine-tuning
     lr: float = 1e-3  # while pruning
@@ -264,19 +265,19 @@ def deep_compression(
     meta: dict[str, Any] | None = None,
 ) -> DeepCompressionResult:
     """Run the three stages on ``model`` (changed in place) and write the compressed file."""
-    from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+    from dlforge.train import OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
 
     cfg = cfg or DeepCompressionConfig()
     train = TrainConfig(
         epochs=cfg.prune_epochs,
         progress=False,
         optimizer=OptimizerConfig(name="adamw", lr=cfg.lr),
+        schedule=ScheduleConfig(name="cosine"),
         restore_best=False,
     )
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
-    end = max(1, cfg.prune_epochs - 2)
-    pruner = GradualPruner(final=cfg.sparsity, start_epoch=0, end_epoch=end)
+    pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.prune_epochs, cfg.prune_share)
     history = Trainer(model, train, on_train_epoch_start=pruner).fit(train_loader, val_loader)
     model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     make_permanent(model)

@@ -21,7 +21,7 @@ from dlforge.compress.deep_compression import DeepCompressionConfig, deep_compre
 from dlforge.compress.distill import Distiller, width_scaled
 from dlforge.compress.lowrank import LowRankConfig, factorize
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
-from dlforge.compress.structured import ChannelPrune, prune_channels
+from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
@@ -33,14 +33,17 @@ Technique = Literal["prune", "structured", "lowrank", "deep_compression", "disti
 @dataclass
 class PruneStageConfig:
     sparsity: float = 0.9
-    epochs: int = 4  # gradual (cubic) pruning while fine-tuning
+    epochs: int = 20  # gradual (cubic) pruning while fine-tuning
+    prune_share: float = 0.5  # share of the epochs that raise sparsity; the rest recover
 
 
 @dataclass
 class StructuredStageConfig:
-    amount: float = 0.5  # fraction of channels removed per prunable space (~3/4 of a conv's FLOPs)
+    amount: float = 0.5  # fraction of channels removed per prunable space (~3/4 of a conv's MACs)
     criterion: Literal["l1", "l2", "bn_scale"] = "l1"
-    epochs: int = 4  # fine-tuning after surgery
+    macs_removed: float | None = None  # or: remove this share of the MACs (overrides amount)
+    round_to: int = 16  # keep a multiple of this many channels (ONNX Runtime's AVX-512 conv blocks)
+    epochs: int = 10  # fine-tuning after surgery
 
 
 @dataclass
@@ -64,6 +67,9 @@ class CompressConfig:
         default_factory=lambda: ["prune", "lowrank", "deep_compression"]
     )
     lr: float = 1e-3
+    # Fine-tuning decays the learning rate to zero: worth 0.5-1 point over a constant rate for
+    # the pruned small CNNs (benchmarks/compress.py).
+    schedule: Literal["constant", "cosine"] = "cosine"
     batch_size: int = 64
     prune: PruneStageConfig = field(default_factory=PruneStageConfig)
     structured: StructuredStageConfig = field(default_factory=StructuredStageConfig)
@@ -73,19 +79,18 @@ class CompressConfig:
     bench_rounds: int = 3
 
 
-def _train(
-    model: nn.Module, data: DataBundle, epochs: int, lr: float, batch: int, **kw: Any
-) -> None:
-    from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+def _train(model: nn.Module, data: DataBundle, epochs: int, cfg: CompressConfig, **kw: Any) -> None:
+    from dlforge.train import OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
 
-    cfg = TrainConfig(
+    train = TrainConfig(
         epochs=epochs,
         progress=False,
         restore_best=False,
-        optimizer=OptimizerConfig(name="adamw", lr=lr),
+        optimizer=OptimizerConfig(name="adamw", lr=cfg.lr),
+        schedule=ScheduleConfig(name=cfg.schedule),
     )
-    Trainer(model, cfg, **kw).fit(
-        data.loader("train", batch, True, torch.Generator().manual_seed(0))
+    Trainer(model, train, **kw).fit(
+        data.loader("train", cfg.batch_size, True, torch.Generator().manual_seed(0))
     )
 
 
@@ -110,20 +115,23 @@ def compress_stage(
     for technique in cfg.techniques:
         work = plain_copy(model)
         if technique == "prune":
-            pruner = GradualPruner(
-                final=cfg.prune.sparsity, start_epoch=0, end_epoch=max(1, cfg.prune.epochs - 1)
+            pruner = GradualPruner.for_epochs(
+                cfg.prune.sparsity, cfg.prune.epochs, cfg.prune.prune_share
             )
-            _train(
-                work, data, cfg.prune.epochs, cfg.lr, cfg.batch_size, on_train_epoch_start=pruner
-            )
+            _train(work, data, cfg.prune.epochs, cfg, on_train_epoch_start=pruner)
             make_permanent(work)
             notes["prune"] = {"sparsity": sparsity(work)["global"]}
         elif technique == "structured":
-            plan = ChannelPrune(cfg.structured.amount, cfg.structured.criterion)
+            plan = ChannelPrune(
+                cfg.structured.amount,
+                cfg.structured.criterion,
+                cfg.structured.macs_removed,
+                cfg.structured.round_to,
+            )
             surgery = prune_channels(work, example, plan)
             work = surgery.model
             if cfg.structured.epochs:
-                _train(work, data, cfg.structured.epochs, cfg.lr, cfg.batch_size)
+                _train(work, data, cfg.structured.epochs, cfg)
             notes["structured"] = {
                 "kept": surgery.kept,
                 "removed": surgery.removed,
@@ -142,7 +150,7 @@ def compress_stage(
                 work, LowRankConfig(mode="ratio", ratio=cfg.lowrank.ratio, layers=inner)
             )
             if cfg.lowrank.epochs:
-                _train(work, data, cfg.lowrank.epochs, cfg.lr, cfg.batch_size)
+                _train(work, data, cfg.lowrank.epochs, cfg)
             notes["lowrank"] = {
                 "ranks": {k: list(v) for k, v in result.ranks.items()},
                 "factorised_params_before": sum(result.params_before.values()),
@@ -174,15 +182,13 @@ def compress_stage(
             distiller = Distiller(
                 student, plain_copy(model), cfg.distill.temperature, cfg.distill.alpha
             )
-            _train(
-                distiller, data, cfg.distill.epochs, cfg.lr, cfg.batch_size, loss_fn=distiller.loss
-            )
+            _train(distiller, data, cfg.distill.epochs, cfg, loss_fn=distiller.loss)
             work = student
             notes["distill"] = {"student_kwargs": kwargs}
             # The same student trained alone on the labels: the yardstick for what distillation adds.
             torch.manual_seed(0)
             alone = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
-            _train(alone, data, cfg.distill.epochs, cfg.lr, cfg.batch_size)
+            _train(alone, data, cfg.distill.epochs, cfg)
             variants["student_alone"] = {"model": plain_copy(alone)}
         variants[technique] = {"model": plain_copy(work)}
     measured = _measure(variants, notes, data, example, out_dir, cfg)
@@ -212,6 +218,7 @@ def _measure(
                 acc = float((model(x).argmax(1) == y).float().mean())
             path = export_onnx(model, example, out_dir / f"{name}.onnx")
             total, nonzero = _count(model)
+            macs = count_macs(model, example)
             stored = notes.get(name, {}).get("account", {}).get("compressed_bytes")
             rows.append(
                 {
@@ -219,6 +226,7 @@ def _measure(
                     "accuracy": acc,
                     "params": total,
                     "nonzero_params": nonzero,
+                    "macs": macs,
                     "onnx_bytes": path.stat().st_size,
                     "stored_bytes": stored if stored is not None else path.stat().st_size,
                 }

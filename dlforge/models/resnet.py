@@ -24,17 +24,42 @@ class PadShortcut(nn.Module):
     """Option A shortcut: subsample by ``stride`` and zero-pad channels to ``c_out``.
 
     The number of spatial dimensions is fixed at construction (no ``x.dim()`` in forward), so
-    the block traces with torch.fx for quantization and pruning.
+    the block traces with torch.fx for quantization and pruning. After structured pruning the
+    shortcut routes channels explicitly: output ``j`` carries input ``sources[j]``, or zeros
+    where that is -1; ``channel_sources``/``rerouted`` let ``dlforge.compress.structured`` rewire
+    it when both the block's input and output channels are pruned.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int, ndim: int) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, ndim: int, sources: list[int] | None = None
+    ) -> None:
         super().__init__()
-        self.extra, self.stride, self.ndim = c_out - c_in, stride, ndim
+        if sources is not None and (len(sources) != c_out or min(sources, default=0) < -1):
+            raise ValueError(f"PadShortcut: sources must be {c_out} input channels or -1")
+        if sources is not None and max(sources, default=-1) >= c_in:
+            raise ValueError(f"PadShortcut: a source channel is not below c_in={c_in}")
+        self.c_in, self.c_out, self.stride, self.ndim = c_in, c_out, stride, ndim
+        self.sources = sources
+        # with an extra zero channel appended at c_in, every output is a gather from the input
+        self.gather = None if sources is None else [c_in if s < 0 else s for s in sources]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * self.ndim
+        x = x[index]
         # F.pad takes (last-dim pads..., channel pad) from the last dimension backwards.
-        return F.pad(x[index], [0, 0] * self.ndim + [0, self.extra])
+        if self.gather is None:
+            return F.pad(x, [0, 0] * self.ndim + [0, self.c_out - self.c_in])
+        return F.pad(x, [0, 0] * self.ndim + [0, 1])[:, self.gather]
+
+    def channel_sources(self) -> torch.Tensor:
+        """Per output channel: the input channel it carries, or -1 for a zero channel."""
+        if self.sources is not None:
+            return torch.tensor(self.sources, dtype=torch.long)
+        return torch.cat([torch.arange(self.c_in), torch.full((self.c_out - self.c_in,), -1)])
+
+    def rerouted(self, sources: torch.Tensor, c_in: int) -> PadShortcut:
+        """The same shortcut between pruned channel sets: output ``j`` carries ``sources[j]``."""
+        return PadShortcut(c_in, len(sources), self.stride, self.ndim, sources.tolist())
 
 
 class BasicBlock(nn.Module):
