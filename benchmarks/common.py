@@ -28,7 +28,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()]
+        values = [r.get(c, "") for c in cols]  # a short row leaves its missing cells empty
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -183,7 +183,7 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rows["prune"]["nonzero_params"] < 0.15 * rows["baseline"]["nonzero_params"]
     assert rows["prune"]["onnx_bytes"] == rows["baseline"]["onnx_bytes"]  # dense shapes remain
     assert rows["lowrank"]["params"] < rows["baseline"]["params"]
-    assert rows["structured"]["params"] < 0.4 * rows["baseline"]["params"]  # half the channels
+    assert rows["structured"]["macs"] < 0.6 * rows["baseline"]["macs"]  # about half the MACs
     assert rows["deep_compression"]["compression_x"] > 10
     assert rows["distill"]["params"] < 0.35 * rows["baseline"]["params"]
     assert rows["student_alone"]["params"] == rows["distill"]["params"]
@@ -192,4 +192,5 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert metrics["compress"]["rows"][0]["variant"] == "baseline"
     assert main(["-q", "report", str(tmp_path / "default")]) == 0
     html = (tmp_path / "default/report.html").read_text()
-    assert "data-figure='pareto'" in html and "zeros in dense kernels buy no speed" in html
+    assert "data-figure='pareto'" in html and "zeros buy no speed" in html
+    assert "the baseline&#x27;s ONNX Runtime throughput" in html  # with the measured figure

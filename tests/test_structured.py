@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dlforge.compress.prune import apply_masks
@@ -175,3 +176,40 @@ def test_prune_to_a_share_of_macs_in_blocks_of_channels() -> None:
     assert abs(1 - count_macs(blocks.model, x) / full - 0.5) < 0.1
     with pytest.raises(ValueError, match="macs_removed"):
         prune_channels(model, x, ChannelPrune(macs_removed=1.5))
+
+
+def test_a_model_with_nothing_to_prune_names_why() -> None:
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    with pytest.raises(ValueError, match=r"Concat can be pruned.*a: used by call_function"):
+        prune_channels(Concat(), torch.randn(1, 1, 6, 6))
+
+
+def test_user_model_with_a_functional_residual_is_pruned_exactly() -> None:
+    class Net(nn.Module):  # a user's own module: functional relu, a residual "+", a head
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.bn1(self.conv1(x)))
+            h = F.relu(self.bn2(self.conv2(h)) + h)
+            return self.head(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    for bn in ("bn1", "bn2"):  # one residual space: both sides of the add lose channels 1, 4, 6
+        kill_channels(model, bn, [1, 4, 6])
+    x = torch.randn(3, 1, 6, 6)
+    small = prune_channels(model, x[:1], ChannelPrune(amount=3 / 8, criterion="bn_scale")).model
+    assert small.conv1.out_channels == 5 and small.conv2.in_channels == 5
+    assert small.head.in_features == 5
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

@@ -44,6 +44,7 @@ class DeepCompressionConfig:
     codebook_epochs: int = 2  # centroid fine-tuning
     lr: float = 1e-3  # while pruning
     codebook_lr: float = 1e-4  # while fine-tuning the centroids (BN is folded by then)
+    label_smoothing: float = 0.0  # while pruning and fine-tuning the centroids
     index_bits_conv: int = 8  # the paper's choice: 8 bits for conv, 5 for fully connected
     index_bits_linear: int = 5
     # Fold batch norm into the convs first: the deployed model has no BN, so its four vectors
@@ -273,6 +274,7 @@ def deep_compression(
         progress=False,
         optimizer=OptimizerConfig(name="adamw", lr=cfg.lr),
         schedule=ScheduleConfig(name="cosine"),
+        label_smoothing=cfg.label_smoothing,
         restore_best=False,
     )
     # One global ranking: with BN still in place the layers' weights share a scale, and small
@@ -291,6 +293,7 @@ def deep_compression(
             progress=False,
             restore_best=False,
             optimizer=OptimizerConfig(name="adamw", lr=cfg.codebook_lr),
+            label_smoothing=cfg.label_smoothing,
         )
         Trainer(model, tune).fit(train_loader, val_loader)
     model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]

@@ -289,6 +289,9 @@ def prune_channels(
         scores = _scores(model, space, cfg.criterion)
         keeps[sid] = torch.sort(torch.topk(scores, n_keep).indices).values
         kept[name], removed[name] = n_keep, space.channels - n_keep
+    if not kept:
+        reasons = "; ".join(f"{layer}: {why}" for layer, why in pinned.items())
+        raise ValueError(f"no channels of {type(model).__name__} can be pruned ({reasons})")
     # Routers are rewired from their input space's new positions to their output space's.
     new_position: dict[str, torch.Tensor] = {}
     for sid, space in spaces.items():
@@ -306,11 +309,10 @@ def prune_channels(
             _shrink_in(model.get_submodule(c), keep, factor)
         for router_name, n_in in space.routes_in:
             position = new_position.get(router_name, torch.arange(n_in))
-            old = model.get_submodule(router_name).channel_sources()[keep]
-            carried = old >= 0
-            sources = torch.where(carried, position[old.clamp(min=0)], -1)
-            c_in = int((position >= 0).sum())
-            _replace(model, router_name, model.get_submodule(router_name).rerouted(sources, c_in))
+            router: Any = model.get_submodule(router_name)
+            old = router.channel_sources()[keep]
+            sources = torch.where(old >= 0, position[old.clamp(min=0)], -1)
+            _replace(model, router_name, router.rerouted(sources, int((position >= 0).sum())))
     return StructuredResult(model, kept, removed, pinned)
 
 
