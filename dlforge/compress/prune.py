@@ -173,9 +173,9 @@ class GradualPruner:
         """Raise sparsity over the first ``share`` of ``epochs``, then fine-tune at ``final``.
 
         Zhu & Gupta stop pruning well before training ends so that the network recovers at the
-        final sparsity; ending the ramp on the last epoch leaves no time to recover (measured
-        here: 2.6 points lost at 90% on the MNIST-1D CNN with an 8-epoch ramp, 0.8-0.9 with
-        40 epochs, half of them at 90%)."""
+        final sparsity; ending the ramp on the last epoch leaves no time to recover (BENCHMARKS.md:
+        1.4-2.6 points lost at 90% that way on the small CNNs, 0.7-0.8 with the ramp ending
+        halfway through 40 epochs)."""
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         return cls(final, start_epoch=0, end_epoch=max(1, round(share * epochs)), **kw)

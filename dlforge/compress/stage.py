@@ -63,7 +63,7 @@ class DistillStageConfig:
     alpha: float = 0.9
     # The student learns from scratch, so it gets a from-scratch rate, not the fine-tuning one;
     # the student trained alone gets the same recipe (an under-trained yardstick flatters
-    # distillation: at 1e-3 the MNIST-1D student alone lost 1.4-2 points that 3e-3 recovers).
+    # distillation: see BENCHMARKS.md on this script's first version).
     lr: float = 3e-3
     weight_decay: float = 1e-2
     seed: int = 0  # the students' initialisation and batch order
@@ -79,8 +79,8 @@ class CompressConfig:
     # Fine-tuning decays the learning rate to zero: worth 0.5-1 point over a constant rate for
     # the pruned small CNNs (benchmarks/compress.py).
     schedule: Literal["constant", "cosine"] = "cosine"
-    # Label smoothing while fine-tuning and training students (not the teacher's soft targets):
-    # 90% pruning lost 0.37 instead of 0.83 points on the digits CNN with 0.1 (3 seeds).
+    # Label smoothing while fine-tuning (not for students: the distiller's loss would bypass it
+    # and favour the student trained alone); 0.1 helped the pruned small CNNs recover.
     label_smoothing: float = 0.0
     batch_size: int = 64
     prune: PruneStageConfig = field(default_factory=PruneStageConfig)

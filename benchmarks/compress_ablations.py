@@ -1,0 +1,123 @@
+"""Why the compression settings are what they are: two measurements behind BENCHMARKS.md.
+
+1. Channel widths and ONNX Runtime speed. Each model (untrained weights: speed does not depend
+   on them) is pruned to about half of its MACs twice, once with exact channel counts
+   (``round_to=1``) and once in multiples of 16, and all three are timed together, interleaved.
+2. What 40x Deep Compression would cost the small CNNs: the pipeline at 90% and at 95%
+   sparsity, on the settings of ``benchmarks/compress.py``, over seeds.
+
+    python benchmarks/compress_ablations.py [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import save, table
+from compress import SETTINGS
+from quantize import MODELS, data_for, train
+
+from dlforge.compress.deep_compression import DeepCompressionConfig, deep_compression
+from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
+from dlforge.config import from_dict
+from dlforge.deploy.bench import Variant, add_ratios, benchmark, ort_runner
+from dlforge.deploy.export import export_onnx
+from dlforge.models import create_model
+
+logging.getLogger("dlforge").setLevel(logging.ERROR)
+
+
+def widths(name: str, tmp: Path) -> list[dict[str, Any]]:
+    spec = MODELS[name]
+    data = data_for(spec, 0)
+    torch.manual_seed(0)
+    model = create_model(spec["model"][0], data.input_shape, data.num_classes, **spec["model"][1])
+    example = data.test[0][:1]
+    full = count_macs(model, example)
+    models = {"baseline": model.eval()}
+    for step in (1, 16):
+        plan = ChannelPrune(macs_removed=0.5, round_to=step)
+        models[f"half MACs, round_to={step}"] = prune_channels(model, example, plan).model
+    variants, rows = [], []
+    for i, (label, m) in enumerate(models.items()):
+        path = export_onnx(m, example, tmp / f"{name}_{i}.onnx")
+        variants.append(Variant(label, ort_runner(path, 2), file=path))
+        convs = [
+            c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv1d | torch.nn.Conv2d)
+        ]
+        rows.append(
+            {
+                "model": name,
+                "variant": label,
+                "conv widths": "/".join(map(str, sorted(set(convs)))),
+                "macs_removed": 1 - count_macs(m, example) / full,
+            }
+        )
+    timing = add_ratios(benchmark(variants, data.test[0].numpy().astype(np.float32)), "baseline")
+    for row, t in zip(rows, timing):
+        row["throughput_x"] = t["throughput_x"]
+    return rows
+
+
+def sparsity_cost(name: str, seeds: int, tmp: Path) -> list[dict[str, Any]]:
+    spec = MODELS[name]
+    targets = (0.9, 0.95)
+    drops: dict[float, list[float]] = {t: [] for t in targets}
+    ratios: dict[float, list[float]] = {t: [] for t in targets}
+    for seed in range(seeds):
+        data = data_for(spec, seed)
+        model = train(spec, data, seed)
+        x, y = data.test
+        onnx_bytes = export_onnx(model, x[:1], tmp / "base.onnx").stat().st_size
+        with torch.no_grad():
+            base = float((model(x).argmax(1) == y).float().mean())
+        for target in targets:
+            settings = {**copy.deepcopy(SETTINGS["deep_compression"]), "sparsity": target}
+            loader = data.loader("train", 64, True, torch.Generator().manual_seed(0))
+            cfg = from_dict(DeepCompressionConfig, settings)
+            dc = deep_compression(copy.deepcopy(model), loader, None, tmp / f"{name}.dc", cfg)
+            with torch.no_grad():
+                acc = float((dc.model(x).argmax(1) == y).float().mean())
+            drops[target].append(100 * (base - acc))
+            ratios[target].append(onnx_bytes / dc.account["compressed_bytes"])
+    return [
+        {
+            "model": name,
+            "sparsity": t,
+            "compression_x": statistics.mean(ratios[t]),
+            "drop_points": statistics.mean(drops[t]),
+            "drop_sd": statistics.stdev(drops[t]) if seeds > 1 else 0.0,
+        }
+        for t in targets
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        speed = [row for name in MODELS for row in widths(name, tmp)]
+        print("\n## Channel widths and ONNX Runtime throughput (batch 64, 2 threads)\n")
+        print(table(speed))
+        cost = [
+            row
+            for name in ("digits_cnn", "mnist1d_cnn")
+            for row in sparsity_cost(name, args.seeds, tmp)
+        ]
+        print(f"\n## Deep Compression at 90% and 95% sparsity ({args.seeds} seeds)\n")
+        print(table(cost))
+    save("compress_ablations", {"widths": speed, "sparsity_cost": cost, "seeds": args.seeds})
+
+
+if __name__ == "__main__":
+    main()
