@@ -9,6 +9,7 @@ speed up dense kernels.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -76,8 +77,8 @@ class CompressConfig:
         default_factory=lambda: ["prune", "lowrank", "deep_compression"]
     )
     lr: float = 1e-3
-    # Fine-tuning decays the learning rate to zero: worth 0.5-1 point over a constant rate for
-    # the pruned small CNNs (benchmarks/compress.py).
+    # Fine-tuning decays the learning rate to zero (benchmarks/compress_ablations.py measures
+    # this against a constant rate for gradual pruning).
     schedule: Literal["constant", "cosine"] = "cosine"
     # Label smoothing while fine-tuning (not for students: the distiller's loss would bypass it
     # and favour the student trained alone); 0.1 helped the pruned small CNNs recover.
@@ -96,20 +97,22 @@ def _train(
     data: DataBundle,
     epochs: int,
     cfg: CompressConfig,
-    optimizer: Any = None,  # an OptimizerConfig, or a learning rate for AdamW
+    lr: float | None = None,  # None: the stage's fine-tuning rate
+    weight_decay: float = 0.0,
     seed: int = 0,
     label_smoothing: float | None = None,  # None: the stage's
     **kw: Any,
 ) -> None:
+    """AdamW on the training split with the stage's schedule."""
     from dlforge.train import OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
 
-    if optimizer is None or isinstance(optimizer, float):
-        optimizer = OptimizerConfig(name="adamw", lr=optimizer or cfg.lr)
     train = TrainConfig(
         epochs=epochs,
         progress=False,
         restore_best=False,
-        optimizer=optimizer,
+        optimizer=OptimizerConfig(
+            name="adamw", lr=cfg.lr if lr is None else lr, weight_decay=weight_decay
+        ),
         schedule=ScheduleConfig(name=cfg.schedule),
         label_smoothing=cfg.label_smoothing if label_smoothing is None else label_smoothing,
     )
@@ -199,23 +202,32 @@ def compress_stage(
             if model_name is None:
                 raise ValueError("distill needs the registry name of the teacher's model")
             from dlforge.models import create_model
-            from dlforge.train import OptimizerConfig
 
             d = cfg.distill
             kwargs = width_scaled(model_kwargs or {}, model_name, d.width)
-            scratch = OptimizerConfig(name="adamw", lr=d.lr, weight_decay=d.weight_decay)
+
+            # Both students learn from scratch, without label smoothing: the distiller's loss
+            # replaces the Trainer's cross-entropy, so smoothing would reach only the lone one.
+            scratch = functools.partial(
+                _train,
+                data=data,
+                epochs=d.epochs,
+                cfg=cfg,
+                lr=d.lr,
+                weight_decay=d.weight_decay,
+                seed=d.seed,
+                label_smoothing=0.0,
+            )
             torch.manual_seed(d.seed)  # the distilled student and the one trained alone start alike
             student = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
             distiller = Distiller(student, plain_copy(model), d.temperature, d.alpha)
-            # Both students without label smoothing: the distiller's loss replaces the Trainer's
-            # cross-entropy, so smoothing would reach only the student trained alone.
-            _train(distiller, data, d.epochs, cfg, scratch, d.seed, 0.0, loss_fn=distiller.loss)
+            scratch(distiller, loss_fn=distiller.loss)
             work = student
             notes["distill"] = {"student_kwargs": kwargs}
             # The same student trained alone on the labels: the yardstick for what distillation adds.
             torch.manual_seed(d.seed)
             alone = create_model(model_name, data.input_shape, data.num_classes, **kwargs)
-            _train(alone, data, d.epochs, cfg, scratch, d.seed, 0.0)
+            scratch(alone)
             variants["student_alone"] = {"model": plain_copy(alone)}
         variants[technique] = {"model": plain_copy(work)}
     measured = _measure(variants, notes, data, example, out_dir, cfg)
@@ -239,33 +251,32 @@ def _measure(
     x, y = data.test
     rows: list[dict[str, Any]] = []
     bench_variants: list[Variant] = []
-    if True:  # one block: export and score every variant
-        for name, v in variants.items():
-            model = v["model"]
-            with torch.no_grad():
-                acc = float((model(x).argmax(1) == y).float().mean())
-            path = export_onnx(model, example, out_dir / f"{name}.onnx")
-            total, nonzero = _count(model)
-            macs = count_macs(model, example)
-            stored = notes.get(name, {}).get("account", {}).get("compressed_bytes")
-            rows.append(
-                {
-                    "variant": name,
-                    "accuracy": acc,
-                    "params": total,
-                    "nonzero_params": nonzero,
-                    "macs": macs,
-                    "onnx_bytes": path.stat().st_size,
-                    "stored_bytes": stored if stored is not None else path.stat().st_size,
-                }
-            )
-            bench_variants.append(Variant(name, ort_runner(path, 2), file=path, accuracy=acc))
-        timing = add_ratios(
-            benchmark(
-                bench_variants, x.numpy().astype(np.float32), BenchConfig(rounds=cfg.bench_rounds)
-            ),
-            "baseline",
+    for name, v in variants.items():
+        model = v["model"]
+        with torch.no_grad():
+            acc = float((model(x).argmax(1) == y).float().mean())
+        path = export_onnx(model, example, out_dir / f"{name}.onnx")
+        total, nonzero = _count(model)
+        macs = count_macs(model, example)
+        stored = notes.get(name, {}).get("account", {}).get("compressed_bytes")
+        rows.append(
+            {
+                "variant": name,
+                "accuracy": acc,
+                "params": total,
+                "nonzero_params": nonzero,
+                "macs": macs,
+                "onnx_bytes": path.stat().st_size,
+                "stored_bytes": stored if stored is not None else path.stat().st_size,
+            }
         )
+        bench_variants.append(Variant(name, ort_runner(path, 2), file=path, accuracy=acc))
+    timing = add_ratios(
+        benchmark(
+            bench_variants, x.numpy().astype(np.float32), BenchConfig(rounds=cfg.bench_rounds)
+        ),
+        "baseline",
+    )
     base = rows[0]
     for row, t in zip(rows, timing):
         row.update(

@@ -49,12 +49,12 @@ class ChannelPrune:
     amount: float = 0.5  # fraction of channels removed from each prunable space
     criterion: Literal["l1", "l2", "bn_scale"] = "l1"
     # Or aim at compute: remove this share of the conv/linear multiply-accumulates; the uniform
-    # amount that does so is found by bisection (a conv between two pruned spaces loses about
+    # amount that comes closest is found by a scan (a conv between two pruned spaces loses about
     # 1 - (1 - amount)^2 of its MACs, so half the MACs is about 30% of the channels).
     macs_removed: float | None = None
     # Keep a multiple of this many channels: ONNX Runtime's CPU convs work in blocks of 8/16
-    # channels, and odd widths can run slower than the unpruned model (measured: half the MACs
-    # of the digits CNN at 22/45 channels ran at 0.46x the baseline's throughput).
+    # channels, and odd widths can run slower than the unpruned model (half the MACs of the
+    # digits CNN at 22/45 channels: 0.46x its throughput; benchmarks/compress_ablations.py).
     round_to: int = 1
 
 
@@ -268,30 +268,59 @@ def _shrink_bn(bn: Any, keep: torch.Tensor) -> None:
 def prune_channels(
     model: nn.Module, example: torch.Tensor, cfg: ChannelPrune | None = None
 ) -> StructuredResult:
-    """A smaller copy of ``model``: ``amount`` of the channels of every prunable space removed."""
+    """A smaller copy of ``model``: ``amount`` of the channels of every prunable space removed,
+    or the uniform amount that removes closest to ``macs_removed`` of the MACs."""
     cfg = cfg or ChannelPrune()
-    if cfg.macs_removed is not None:
-        return _prune_to_macs(model, example, cfg)
-    if not 0 <= cfg.amount < 1:
+    if cfg.macs_removed is None and not 0 <= cfg.amount < 1:
         raise ValueError(f"amount must be in [0, 1), got {cfg.amount}")
+    if cfg.macs_removed is not None and not 0 < cfg.macs_removed < 1:
+        raise ValueError(f"macs_removed must be in (0, 1), got {cfg.macs_removed}")
     model = copy.deepcopy(model).eval()
-    spaces = channel_spaces(model, example)
+    spaces = channel_spaces(model, example)  # the analysis and ranking do not depend on amount
+    scores = {sid: _scores(model, s, cfg.criterion) for sid, s in spaces.items() if not s.pinned}
+    if not scores:
+        reasons = "; ".join(f"{_space_name(s)}: {s.pinned}" for s in spaces.values())
+        raise ValueError(f"no channels of {type(model).__name__} can be pruned ({reasons})")
+    if cfg.macs_removed is None:
+        return _cut(model, spaces, scores, cfg.amount, cfg.round_to)
+    # A scan, not a bisection: with round_to the removed share moves in steps, and the first
+    # amount past the target can overshoot far (ResNet-20 at multiples of 16: 47% or 53%).
+    full = count_macs(model, example)
+    best: tuple[float, StructuredResult] | None = None
+    for step in range(1, 39):  # amounts 0.025 .. 0.95; ties keep the smaller amount
+        result = _cut(model, spaces, scores, step / 40, cfg.round_to)
+        miss = abs(1 - count_macs(result.model, example) / full - cfg.macs_removed)
+        if best is None or miss < best[0] - 1e-9:
+            best = (miss, result)
+    assert best is not None
+    return best[1]
+
+
+def _space_name(space: ChannelSpace) -> str:
+    return space.producers[0] if space.producers else "?"
+
+
+def _cut(
+    model: nn.Module,
+    spaces: dict[int, ChannelSpace],
+    scores: dict[int, torch.Tensor],
+    amount: float,
+    round_to: int,
+) -> StructuredResult:
+    """The surgery on a copy of ``model``: each unpinned space keeps its top-scored channels."""
+    model = copy.deepcopy(model)
     kept, removed, pinned = {}, {}, {}
     keeps: dict[int, torch.Tensor] = {}  # every space's kept channels, pinned ones whole
     for sid, space in spaces.items():
-        name = space.producers[0] if space.producers else "?"
+        name = _space_name(space)
         if space.pinned:
             pinned[name] = space.pinned
             keeps[sid] = torch.arange(space.channels)
             continue
-        n_keep = _rounded(max(1, space.channels - round(cfg.amount * space.channels)), cfg.round_to)
+        n_keep = _rounded(max(1, space.channels - round(amount * space.channels)), round_to)
         n_keep = min(n_keep, space.channels)
-        scores = _scores(model, space, cfg.criterion)
-        keeps[sid] = torch.sort(torch.topk(scores, n_keep).indices).values
+        keeps[sid] = torch.sort(torch.topk(scores[sid], n_keep).indices).values
         kept[name], removed[name] = n_keep, space.channels - n_keep
-    if not kept:
-        reasons = "; ".join(f"{layer}: {why}" for layer, why in pinned.items())
-        raise ValueError(f"no channels of {type(model).__name__} can be pruned ({reasons})")
     # Routers are rewired from their input space's new positions to their output space's.
     new_position: dict[str, torch.Tensor] = {}
     for sid, space in spaces.items():
@@ -338,28 +367,6 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return total
-
-
-def _prune_to_macs(model: nn.Module, example: torch.Tensor, cfg: ChannelPrune) -> StructuredResult:
-    """The uniform amount whose pruned model removes the share of MACs closest to the target.
-
-    A scan, not a bisection: with ``round_to`` the removed share moves in steps, and the first
-    amount past the target can overshoot far (ResNet-20 at multiples of 16: 47% or 53%)."""
-    target = cfg.macs_removed
-    assert target is not None
-    if not 0 < target < 1:
-        raise ValueError(f"macs_removed must be in (0, 1), got {target}")
-    full = count_macs(model, example)
-    best: tuple[float, StructuredResult] | None = None
-    for step in range(1, 39):  # amounts 0.025 .. 0.95; ties keep the smaller amount
-        result = prune_channels(
-            model, example, ChannelPrune(step / 40, cfg.criterion, None, cfg.round_to)
-        )
-        miss = abs(1 - count_macs(result.model, example) / full - target)
-        if best is None or miss < best[0] - 1e-9:
-            best = (miss, result)
-    assert best is not None
-    return best[1]
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
