@@ -5,6 +5,10 @@
    (``round_to=1``) and once in multiples of 16, and all three are timed together, interleaved.
 2. What 40x Deep Compression would cost the small CNNs: the pipeline at 90% and at 95%
    sparsity, on the settings of ``benchmarks/compress.py``, over seeds.
+3. The gradual-pruning schedule: 90% reached on the last of 40 epochs at a constant rate (this
+   toolkit's first setting) against a ramp over the first half with a cosine-decayed rate.
+4. The distillation yardstick: the MNIST-1D half-width student trained alone and distilled,
+   both at the fine-tuning rate (1e-3, the first setting) and at a from-scratch rate (3e-3).
 
     python benchmarks/compress_ablations.py [--seeds 3]
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import statistics
 import tempfile
@@ -26,11 +31,14 @@ from compress import SETTINGS
 from quantize import MODELS, data_for, train
 
 from dlforge.compress.deep_compression import DeepCompressionConfig, deep_compression
+from dlforge.compress.distill import Distiller, width_scaled
+from dlforge.compress.prune import GradualPruner, make_permanent
 from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
 from dlforge.config import from_dict
 from dlforge.deploy.bench import Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
 from dlforge.models import create_model
+from dlforge.train import OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
 
 logging.getLogger("dlforge").setLevel(logging.ERROR)
 
@@ -67,14 +75,130 @@ def widths(name: str, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def sparsity_cost(name: str, seeds: int, tmp: Path) -> list[dict[str, Any]]:
+@functools.cache
+def _trained(name: str, seed: int) -> tuple[Any, torch.nn.Module]:
     spec = MODELS[name]
+    data = data_for(spec, seed)
+    return data, train(spec, data, seed)
+
+
+def _accuracy(model: torch.nn.Module, data: Any) -> float:
+    x, y = data.test
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def _fit(
+    model: torch.nn.Module, data: Any, epochs: int, lr: float, schedule: str, **kw: Any
+) -> None:
+    cfg = TrainConfig(
+        epochs=epochs,
+        progress=False,
+        restore_best=False,
+        optimizer=OptimizerConfig(name="adamw", lr=lr, weight_decay=kw.pop("weight_decay", 0.0)),
+        schedule=ScheduleConfig(name=schedule),  # type: ignore[arg-type]
+        label_smoothing=kw.pop("label_smoothing", 0.0),
+    )
+    Trainer(model, cfg, **kw).fit(data.loader("train", 64, True, torch.Generator().manual_seed(0)))
+
+
+def schedule_effect(name: str, seeds: int) -> list[dict[str, Any]]:
+    epochs = SETTINGS["prune"]["epochs"]
+    ways = {
+        "ramp to the last epoch, constant rate": (
+            "constant",
+            lambda: GradualPruner(0.9, 0, epochs - 1),
+        ),
+        "ramp over the first half, cosine rate": (
+            "cosine",
+            lambda: GradualPruner.for_epochs(0.9, epochs),
+        ),
+    }
+    drops: dict[str, list[float]] = {way: [] for way in ways}
+    for seed in range(seeds):
+        data, model = _trained(name, seed)
+        base = _accuracy(model, data)
+        for way, (schedule, pruner) in ways.items():
+            work = copy.deepcopy(model)
+            _fit(
+                work,
+                data,
+                epochs,
+                SETTINGS["lr"],
+                schedule,
+                on_train_epoch_start=pruner(),
+                label_smoothing=SETTINGS["label_smoothing"],
+            )
+            drops[way].append(100 * (base - _accuracy(make_permanent(work), data)))
+    return [
+        {
+            "model": name,
+            "90% pruning": way,
+            "drop_points": statistics.mean(d),
+            "drop_sd": statistics.stdev(d) if seeds > 1 else 0.0,
+        }
+        for way, d in drops.items()
+    ]
+
+
+def distill_yardstick(seeds: int) -> list[dict[str, Any]]:
+    name, spec = "mnist1d_cnn", MODELS["mnist1d_cnn"]
+    d = SETTINGS["distill"]
+    acc: dict[tuple[float, str], list[float]] = {}
+    teachers = []
+    for seed in range(seeds):
+        data, teacher = _trained(name, seed)
+        teachers.append(_accuracy(teacher, data))
+        kwargs = width_scaled(spec["model"][1], spec["model"][0], d["width"])
+        for lr in (1e-3, 3e-3):
+            for how in ("alone", "distilled"):
+                torch.manual_seed(seed)
+                student = create_model(
+                    spec["model"][0], data.input_shape, data.num_classes, **kwargs
+                )
+                if how == "alone":
+                    _fit(student, data, d["epochs"], lr, "cosine", weight_decay=1e-2)
+                else:
+                    distiller = Distiller(
+                        student, copy.deepcopy(teacher), d["temperature"], d["alpha"]
+                    )
+                    _fit(
+                        distiller,
+                        data,
+                        d["epochs"],
+                        lr,
+                        "cosine",
+                        weight_decay=1e-2,
+                        loss_fn=distiller.loss,
+                    )
+                acc.setdefault((lr, how), []).append(_accuracy(student, data))
+    teacher_acc = statistics.mean(teachers)
+    rows = []
+    for lr in (1e-3, 3e-3):
+        alone, distilled = (
+            statistics.mean(acc[(lr, "alone")]),
+            statistics.mean(acc[(lr, "distilled")]),
+        )
+        gap = teacher_acc - alone
+        rows.append(
+            {
+                "students' rate": lr,
+                "teacher": teacher_acc,
+                "alone": alone,
+                "distilled": distilled,
+                "gap_points": 100 * gap,
+                "gap_closed": (distilled - alone) / gap if gap > 0 else float("nan"),
+            }
+        )
+    return rows
+
+
+def sparsity_cost(name: str, seeds: int, tmp: Path) -> list[dict[str, Any]]:
     targets = (0.9, 0.95)
     drops: dict[float, list[float]] = {t: [] for t in targets}
     ratios: dict[float, list[float]] = {t: [] for t in targets}
     for seed in range(seeds):
-        data = data_for(spec, seed)
-        model = train(spec, data, seed)
+        data, model = _trained(name, seed)
         x, y = data.test
         onnx_bytes = export_onnx(model, x[:1], tmp / "base.onnx").stat().st_size
         with torch.no_grad():
@@ -116,7 +240,25 @@ def main() -> None:
         ]
         print(f"\n## Deep Compression at 90% and 95% sparsity ({args.seeds} seeds)\n")
         print(table(cost))
-    save("compress_ablations", {"widths": speed, "sparsity_cost": cost, "seeds": args.seeds})
+    small = ("digits_cnn", "mnist1d_cnn")
+    schedules = [row for name in small for row in schedule_effect(name, args.seeds)]
+    print(
+        f"\n## The gradual-pruning schedule, 90% over {SETTINGS['prune']['epochs']} epochs ({args.seeds} seeds)\n"
+    )
+    print(table(schedules))
+    yardstick = distill_yardstick(args.seeds)
+    print(f"\n## Distillation yardstick, MNIST-1D half-width student ({args.seeds} seeds)\n")
+    print(table(yardstick))
+    save(
+        "compress_ablations",
+        {
+            "widths": speed,
+            "sparsity_cost": cost,
+            "schedules": schedules,
+            "distill_yardstick": yardstick,
+            "seeds": args.seeds,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -172,10 +172,9 @@ class GradualPruner:
     def for_epochs(cls, final: float, epochs: int, share: float = 0.5, **kw: Any) -> GradualPruner:
         """Raise sparsity over the first ``share`` of ``epochs``, then fine-tune at ``final``.
 
-        Zhu & Gupta stop pruning well before training ends so that the network recovers at the
-        final sparsity; ending the ramp on the last epoch leaves no time to recover (BENCHMARKS.md:
-        1.4-2.6 points lost at 90% that way on the small CNNs, 0.7-0.8 with the ramp ending
-        halfway through 40 epochs)."""
+        Zhu & Gupta stop pruning before training ends so that the network recovers at the final
+        sparsity. With 40 epochs on the small CNNs, ending the ramp on the last epoch instead
+        measured the same within the seeds' spread (benchmarks/compress_ablations.py)."""
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         return cls(final, start_epoch=0, end_epoch=max(1, round(share * epochs)), **kw)

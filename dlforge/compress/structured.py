@@ -54,7 +54,7 @@ class ChannelPrune:
     macs_removed: float | None = None
     # Keep a multiple of this many channels: ONNX Runtime's CPU convs work in blocks of 8/16
     # channels, and odd widths can run slower than the unpruned model (half the MACs of the
-    # digits CNN at 22/45 channels: 0.46x its throughput; benchmarks/compress_ablations.py).
+    # digits CNN at 22/45 channels did, in benchmarks/compress_ablations.py).
     round_to: int = 1
 
 
