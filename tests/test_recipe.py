@@ -10,7 +10,9 @@ from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "mnist1d.yaml", "quantize.yaml"])
+@pytest.mark.parametrize(
+    "name", ["default.yaml", "mnist1d.yaml", "quantize.yaml", "deep_compression.yaml"]
+)
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(RECIPES / name)
     assert isinstance(recipe, Recipe)
@@ -31,6 +33,17 @@ def test_wrong_type_and_bad_choice_name_the_key() -> None:
         recipe_from_dict({"train": {"optimizer": {"name": "adamm"}}})
     with pytest.raises(ConfigError, match="lr must be positive"):
         recipe_from_dict({"train": {"optimizer": {"lr": -1}}})
+
+
+def test_bad_compress_values_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"compress\.structured: structured\.macs_removed.*1\.5"):
+        recipe_from_dict({"compress": {"structured": {"macs_removed": 1.5}}})
+    with pytest.raises(ConfigError, match=r"structured\.round_to must be >= 1, got 0"):
+        recipe_from_dict({"compress": {"structured": {"round_to": 0}}})
+    with pytest.raises(ConfigError, match=r"prune\.prune_share must be in \(0, 1\], got 0"):
+        recipe_from_dict({"compress": {"prune": {"prune_share": 0}}})
+    with pytest.raises(ConfigError, match=r"distill needs.*temperature=0"):
+        recipe_from_dict({"compress": {"distill": {"temperature": 0}}})
 
 
 def test_set_overrides_are_typed_and_checked() -> None:

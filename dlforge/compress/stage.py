@@ -23,6 +23,7 @@ from dlforge.compress.distill import Distiller, width_scaled
 from dlforge.compress.lowrank import LowRankConfig, factorize
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
 from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
+from dlforge.config import ConfigError
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
@@ -38,6 +39,12 @@ class PruneStageConfig:
     prune_share: float = 0.5  # share of the epochs that raise sparsity; the rest recover
     lr: float | None = None  # None: the stage's fine-tuning rate
 
+    def validate(self) -> None:
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0 < self.prune_share <= 1:
+            raise ConfigError(f"prune.prune_share must be in (0, 1], got {self.prune_share}")
+
 
 @dataclass
 class StructuredStageConfig:
@@ -47,6 +54,14 @@ class StructuredStageConfig:
     round_to: int = 16  # keep a multiple of this many channels (ONNX Runtime's AVX-512 conv blocks)
     epochs: int = 10  # fine-tuning after surgery
     lr: float | None = None  # None: the stage's rate (a thinner net re-learns; 3e-3 served here)
+
+    def validate(self) -> None:
+        if not 0 <= self.amount < 1:
+            raise ConfigError(f"structured.amount must be in [0, 1), got {self.amount}")
+        if self.macs_removed is not None and not 0 < self.macs_removed < 1:
+            raise ConfigError(f"structured.macs_removed must be in (0, 1), got {self.macs_removed}")
+        if self.round_to < 1:
+            raise ConfigError(f"structured.round_to must be >= 1, got {self.round_to}")
 
 
 @dataclass
@@ -69,6 +84,15 @@ class DistillStageConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-2
     seed: int = 0  # the students' initialisation and batch order
+
+    def validate(self) -> None:
+        if not 0 < self.width <= 1:
+            raise ConfigError(f"distill.width must be in (0, 1], got {self.width}")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ConfigError(
+                f"distill needs 0 <= alpha <= 1 and temperature > 0, got alpha={self.alpha}, "
+                f"temperature={self.temperature}"
+            )
 
 
 @dataclass
