@@ -9,14 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A recipe or config value is wrong; the message names the key path."""
+class DlforgeError(Exception):
+    """Base of the errors dlforge expects from bad input: the CLI prints them as one line."""
+
+
+class ConfigError(DlforgeError, ValueError):
+    """A recipe or config value is wrong; the message names the key path and the value.
+
+    ``key`` is the field's path relative to where the error was raised; ``from_dict`` prefixes
+    the path of the enclosing section, so ``--set train.epochs=-1`` reports ``train.epochs``.
+    ``owner`` names the config class when the error comes from Python code, not a recipe.
+    """
+
+    def __init__(self, reason: str, key: str | None = None, owner: str | None = None) -> None:
+        self.reason, self.key, self.owner = reason, key, owner
+        where = f"{owner}.{key}" if owner and key else key
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    def under(self, path: str) -> ConfigError:
+        """The same error with ``path`` (a recipe section) in front of its key."""
+        key = ".".join(k for k in (path, self.key) if k) or None
+        return ConfigError(self.reason, key)
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -37,64 +57,73 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[ConfigError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {tp}")
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{value!r} fits none of {_type_name(tp)}", path)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}{hint}")
+            raise ConfigError(f"{value!r} is not one of {list(allowed)}{hint}", path)
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):  # built (and validated) in Python already
+            return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"expected a mapping for {tp.__name__}, got {value!r}", path)
         return from_dict(tp, value, path)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"expected a list, got {value!r}", path)
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"expected a mapping, got {value!r}", path)
         return dict(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
                 return float(value)
             except ValueError:
-                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+                raise ConfigError(f"expected a number, got {value!r}", path) from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"expected a number, got {value!r}", path)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"expected an integer, got {value!r}", path)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"expected true or false, got {value!r}", path)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"expected a string, got {value!r}", path)
         return value
-    raise ConfigError(f"{path}: unsupported annotation {_type_name(tp)}")
+    raise ConfigError(f"unsupported annotation {_type_name(tp)}", path)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
@@ -102,14 +131,46 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         if key not in fields:
             raise ConfigError(f"unknown key '{key_path}'{_suggest(str(key), list(fields))}")
         kwargs[key] = _convert(value, hints[key], key_path)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{path + ': ' if path else ''}{exc}") from None
+    try:
+        obj = cls(**kwargs)
+        if not isinstance(obj, Config):  # a plain dataclass: its rules run here
+            validate = getattr(obj, "validate", None)
+            if callable(validate):
+                validate()
+    except ConfigError as exc:
+        raise exc.under(path) from None
     return obj
+
+
+class Config:
+    """Base of every config dataclass: built from Python, it fails as the same recipe would.
+
+    On construction each field is checked against its annotation (an int widens to a float, a
+    mapping becomes the nested config, a ``Literal`` refuses other values) and ``validate()``
+    runs the cross-field rules. Without this, ``OptimizerConfig(name="sgdd")`` built in Python
+    trained silently with the fallback optimizer.
+    """
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        try:
+            for f in dataclasses.fields(self):  # type: ignore[arg-type]
+                value = getattr(self, f.name)
+                converted = _convert(value, hints[f.name], f.name)
+                if converted is not value:
+                    object.__setattr__(self, f.name, converted)
+            self.validate()
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, exc.key, type(self).__name__) from None
+
+    def validate(self) -> None:
+        """Rules between fields; raise ``ConfigError(reason, key)`` naming the field."""
+
+
+def check(condition: bool, key: str, value: Any, rule: str) -> None:
+    """Raise ``ConfigError`` naming ``key`` and ``value`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{rule}, got {value!r}", key)
 
 
 def to_dict(obj: Any) -> Any:
@@ -159,4 +220,4 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-__all__ = ["ConfigError", "from_dict", "set_path", "to_dict"]
+__all__ = ["Config", "ConfigError", "DlforgeError", "check", "from_dict", "set_path", "to_dict"]

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from dlforge.compress.stage import CompressConfig
-from dlforge.config import ConfigError, from_dict, set_path, to_dict
+from dlforge.config import Config, ConfigError, from_dict, set_path, to_dict
 from dlforge.data.config import DataConfig
 from dlforge.deploy.stages import BenchStageConfig, QuantizeStageConfig
 from dlforge.evaluate.evaluate import EvalConfig
@@ -23,12 +23,12 @@ from dlforge.train.config import TrainConfig
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(Config):
     enabled: bool = True
 
 
 @dataclass
-class Recipe:
+class Recipe(Config):
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs"
@@ -43,11 +43,7 @@ class Recipe:
 
     def validate(self) -> None:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
-            raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
-        if self.evaluate.split not in ("train", "val", "test"):
-            raise ConfigError(
-                f"evaluate.split must be train, val or test, got {self.evaluate.split!r}"
-            )
+            raise ConfigError(f"must be a plain folder name, got {self.name!r}", "name")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -19,14 +19,21 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dlforge.config import Config, check
+
 
 @dataclass
-class LowRankConfig:
+class LowRankConfig(Config):
     mode: Literal["ratio", "energy"] = "ratio"
     ratio: float = 0.5  # ratio mode: factorised params / original params, per layer
     energy: float = 0.9  # energy mode: share of squared singular values kept
     layers: list[str] | None = None  # default: every linear and (grouped-free) conv layer
     hooi_iterations: int = 5
+
+    def validate(self) -> None:
+        check(0 < self.ratio < 1, "ratio", self.ratio, "must be in (0, 1)")
+        check(0 < self.energy <= 1, "energy", self.energy, "must be in (0, 1]")
+        check(self.hooi_iterations >= 0, "hooi_iterations", self.hooi_iterations, "must be >= 0")
 
 
 @dataclass

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from dlforge.config import Config, ConfigError, check
+
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -33,7 +35,7 @@ class Mask(nn.Module):
 
 
 @dataclass
-class MagnitudePrune:
+class MagnitudePrune(Config):
     amount: float | None = 0.5  # fraction of weights to remove
     threshold: float | None = None  # or: remove every weight with |w| <= threshold
     scope: Literal["global", "layer"] = "global"  # one ranking for all layers, or per layer
@@ -41,9 +43,11 @@ class MagnitudePrune:
 
     def validate(self) -> None:
         if (self.amount is None) == (self.threshold is None):
-            raise ValueError("give exactly one of amount or threshold")
-        if self.amount is not None and not 0.0 <= self.amount < 1.0:
-            raise ValueError(f"amount must be in [0, 1), got {self.amount}")
+            raise ConfigError("give exactly one of amount or threshold", "amount")
+        if self.amount is not None:
+            check(0.0 <= self.amount < 1.0, "amount", self.amount, "must be in [0, 1)")
+        if self.threshold is not None:
+            check(self.threshold >= 0, "threshold", self.threshold, "must be >= 0")
 
 
 Layer = nn.Conv1d | nn.Conv2d | nn.Linear
@@ -77,7 +81,6 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def compute_masks(model: nn.Module, cfg: MagnitudePrune) -> dict[str, torch.Tensor]:
-    cfg.validate()
     layers = prunable_layers(model, cfg.layers)
     weights = {n: effective_weight(m).abs() for n, m in layers.items()}
     if cfg.threshold is not None:

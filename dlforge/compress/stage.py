@@ -23,7 +23,7 @@ from dlforge.compress.distill import Distiller, width_scaled
 from dlforge.compress.lowrank import LowRankConfig, factorize
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
 from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
-from dlforge.config import ConfigError
+from dlforge.config import Config, ConfigError, check
 from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
@@ -33,21 +33,21 @@ Technique = Literal["prune", "structured", "lowrank", "deep_compression", "disti
 
 
 @dataclass
-class PruneStageConfig:
+class PruneStageConfig(Config):
     sparsity: float = 0.9
     epochs: int = 20  # gradual (cubic) pruning while fine-tuning
     prune_share: float = 0.5  # share of the epochs that raise sparsity; the rest recover
     lr: float | None = None  # None: the stage's fine-tuning rate
 
     def validate(self) -> None:
-        if not 0 <= self.sparsity < 1:
-            raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
-        if not 0 < self.prune_share <= 1:
-            raise ConfigError(f"prune.prune_share must be in (0, 1], got {self.prune_share}")
+        check(0 <= self.sparsity < 1, "sparsity", self.sparsity, "must be in [0, 1)")
+        check(0 < self.prune_share <= 1, "prune_share", self.prune_share, "must be in (0, 1]")
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.lr is None or self.lr > 0, "lr", self.lr, "must be positive")
 
 
 @dataclass
-class StructuredStageConfig:
+class StructuredStageConfig(Config):
     amount: float = 0.5  # fraction of channels removed per prunable space (~3/4 of a conv's MACs)
     criterion: Literal["l1", "l2", "bn_scale"] = "l1"
     macs_removed: float | None = None  # or: remove this share of the MACs (overrides amount)
@@ -56,23 +56,28 @@ class StructuredStageConfig:
     lr: float | None = None  # None: the stage's rate (a thinner net re-learns; 3e-3 served here)
 
     def validate(self) -> None:
-        if not 0 <= self.amount < 1:
-            raise ConfigError(f"structured.amount must be in [0, 1), got {self.amount}")
-        if self.macs_removed is not None and not 0 < self.macs_removed < 1:
-            raise ConfigError(f"structured.macs_removed must be in (0, 1), got {self.macs_removed}")
-        if self.round_to < 1:
-            raise ConfigError(f"structured.round_to must be >= 1, got {self.round_to}")
+        check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
+        if self.macs_removed is not None:
+            check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
+        check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")
+        check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        check(self.lr is None or self.lr > 0, "lr", self.lr, "must be positive")
 
 
 @dataclass
-class LowRankStageConfig:
+class LowRankStageConfig(Config):
     ratio: float = 0.5
     epochs: int = 2  # fine-tuning after factorisation
     lr: float | None = None  # None: the stage's fine-tuning rate
 
+    def validate(self) -> None:
+        check(0 < self.ratio < 1, "ratio", self.ratio, "must be in (0, 1)")
+        check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        check(self.lr is None or self.lr > 0, "lr", self.lr, "must be positive")
+
 
 @dataclass
-class DistillStageConfig:
+class DistillStageConfig(Config):
     width: float = 0.5  # student = the teacher's architecture at this width
     epochs: int = 30
     temperature: float = 4.0
@@ -86,17 +91,15 @@ class DistillStageConfig:
     seed: int = 0  # the students' initialisation and batch order
 
     def validate(self) -> None:
-        if not 0 < self.width <= 1:
-            raise ConfigError(f"distill.width must be in (0, 1], got {self.width}")
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise ConfigError(
-                f"distill needs 0 <= alpha <= 1 and temperature > 0, got alpha={self.alpha}, "
-                f"temperature={self.temperature}"
-            )
+        check(0 < self.width <= 1, "width", self.width, "must be in (0, 1]")
+        check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
 
 
 @dataclass
-class CompressConfig:
+class CompressConfig(Config):
     enabled: bool = False
     techniques: list[Technique] = field(
         default_factory=lambda: ["prune", "lowrank", "deep_compression"]
@@ -115,6 +118,15 @@ class CompressConfig:
     deep_compression: DeepCompressionConfig = field(default_factory=DeepCompressionConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
     bench_rounds: int = 3
+
+    def validate(self) -> None:
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+              "must be in [0, 1)")  # fmt: skip
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.bench_rounds >= 1, "bench_rounds", self.bench_rounds, "must be >= 1")
+        if len(set(self.techniques)) != len(self.techniques):
+            raise ConfigError(f"lists a technique twice: {self.techniques}", "techniques")
 
 
 def _train(

@@ -31,6 +31,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from dlforge.compress.quantize.fold import trace
+from dlforge.config import Config, check
 
 CONV = (nn.Conv1d, nn.Conv2d)
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -45,7 +46,7 @@ ADD = {operator.add, operator.iadd, torch.add}
 
 
 @dataclass
-class ChannelPrune:
+class ChannelPrune(Config):
     amount: float = 0.5  # fraction of channels removed from each prunable space
     criterion: Literal["l1", "l2", "bn_scale"] = "l1"
     # Or aim at compute: remove this share of the conv/linear multiply-accumulates; the uniform
@@ -56,6 +57,12 @@ class ChannelPrune:
     # channels, and odd widths can run slower than the unpruned model (half the MACs of the
     # digits CNN at 22/45 channels did, in benchmarks/compress_ablations.py).
     round_to: int = 1
+
+    def validate(self) -> None:
+        check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
+        if self.macs_removed is not None:
+            check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
+        check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")
 
 
 @dataclass
@@ -271,10 +278,6 @@ def prune_channels(
     """A smaller copy of ``model``: ``amount`` of the channels of every prunable space removed,
     or the uniform amount that removes closest to ``macs_removed`` of the MACs."""
     cfg = cfg or ChannelPrune()
-    if cfg.macs_removed is None and not 0 <= cfg.amount < 1:
-        raise ValueError(f"amount must be in [0, 1), got {cfg.amount}")
-    if cfg.macs_removed is not None and not 0 < cfg.macs_removed < 1:
-        raise ValueError(f"macs_removed must be in (0, 1), got {cfg.macs_removed}")
     model = copy.deepcopy(model).eval()
     spaces = channel_spaces(model, example)  # the analysis and ranking do not depend on amount
     scores = {sid: _scores(model, s, cfg.criterion) for sid, s in spaces.items() if not s.pinned}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dlforge.config import ConfigError
+from dlforge.config import Config, ConfigError, check
 
 SourceName = Literal[
     "digits", "mnist1d", "synthetic", "image_folder", "table", "npz", "cifar10", "mnist_idx"
@@ -13,7 +13,7 @@ SourceName = Literal[
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(Config):
     """scikit-learn ``make_classification`` knobs; ``weights`` sets class imbalance."""
 
     n_samples: int = 2000
@@ -24,21 +24,17 @@ class SyntheticConfig:
     class_sep: float = 1.0
 
     def validate(self) -> None:
-        if not 1 <= self.n_informative <= self.n_features:
-            raise ConfigError(
-                f"n_informative ({self.n_informative}) must be in 1..n_features ({self.n_features})"
-            )
-        if self.n_classes < 2:
-            raise ConfigError(f"n_classes must be >= 2, got {self.n_classes}")
-        if self.weights is not None and len(self.weights) not in (
-            self.n_classes - 1,
-            self.n_classes,
-        ):
-            raise ConfigError(f"weights needs {self.n_classes} values, got {len(self.weights)}")
+        check(self.n_samples >= 2, "n_samples", self.n_samples, "must be >= 2")
+        check(1 <= self.n_informative <= self.n_features, "n_informative", self.n_informative,
+              f"must be in 1..n_features ({self.n_features})")  # fmt: skip
+        check(self.n_classes >= 2, "n_classes", self.n_classes, "must be >= 2")
+        if self.weights is not None:
+            check(len(self.weights) in (self.n_classes - 1, self.n_classes), "weights",
+                  self.weights, f"needs {self.n_classes} values")  # fmt: skip
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     source: SourceName = "digits"
     path: str | None = None  # file or folder for the file-based sources
     val_fraction: float = 0.15
@@ -54,16 +50,14 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError("val_fraction + test_fraction must leave data for training")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ConfigError(
-                f"image_size must be [H, W] with positive sizes, got {self.image_size}"
-            )
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in (0, 1)")
+        check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction,
+              "must be in (0, 1)")  # fmt: skip
+        check(self.val_fraction + self.test_fraction < 1.0, "test_fraction", self.test_fraction,
+              f"with val_fraction {self.val_fraction} leaves no data for training")  # fmt: skip
+        check(len(self.image_size) == 2 and min(self.image_size) >= 1, "image_size",
+              self.image_size, "must be [H, W] with positive sizes")  # fmt: skip
+        check(self.mnist1d_samples >= 10, "mnist1d_samples", self.mnist1d_samples, "must be >= 10")
         file_sources = {"image_folder", "table", "npz", "cifar10", "mnist_idx"}
         if self.source in file_sources and not self.path:
-            raise ConfigError(f"data.path is required for source '{self.source}'")
+            raise ConfigError(f"is required for source '{self.source}'", "path")

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlforge.config import Config, check
+
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Config):
     threads: int = 2
     warmup: int = 5
     rounds: int = 5
@@ -32,6 +34,12 @@ class BenchConfig:
     throughput_batch: int = 64
     throughput_iters: int = 5  # large-batch calls per round, at least
     min_round_s: float = 0.1  # keep calling until a round lasts this long (small models)
+
+    def validate(self) -> None:
+        for key in ("threads", "rounds", "latency_iters", "throughput_batch", "throughput_iters"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        check(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
+        check(self.min_round_s >= 0, "min_round_s", self.min_round_s, "must be >= 0")
 
 
 @dataclass

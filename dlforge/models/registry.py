@@ -16,14 +16,14 @@ from typing import Any
 
 from torch import nn
 
-from dlforge.config import ConfigError
+from dlforge.config import Config, ConfigError
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     name: str = "cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dlforge.config import ConfigError
+from dlforge.config import Config, ConfigError, check
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(Config):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # sgd
@@ -20,18 +20,17 @@ class OptimizerConfig:
     decay_bias_and_norm: bool = False
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.momentum >= 0, "momentum", self.momentum, "must be >= 0")
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
-            raise ConfigError("nesterov needs name: sgd and momentum > 0")
-        if len(self.betas) != 2:
-            raise ConfigError(f"betas must have two values, got {self.betas}")
+            raise ConfigError("needs name: sgd and momentum > 0", "nesterov")
+        check(len(self.betas) == 2, "betas", self.betas, "must have two values")
+        check(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "must be in [0, 1)")
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(Config):
     """LR schedule, applied per optimizer step; epochs in ``step_size``/``milestones``."""
 
     name: Literal["constant", "step", "multistep", "cosine", "onecycle", "plateau"] = "constant"
@@ -49,16 +48,21 @@ class ScheduleConfig:
     plateau_threshold: float = 1e-4  # relative improvement that counts (as ReduceLROnPlateau)
 
     def validate(self) -> None:
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         if self.name == "multistep" and not self.milestones:
-            raise ConfigError("multistep schedule needs milestones (epochs)")
-        if not 0 < self.pct_start < 1:
-            raise ConfigError(f"pct_start must be in (0, 1), got {self.pct_start}")
+            raise ConfigError("the multistep schedule needs milestones (epochs)", "milestones")
+        check(self.step_size >= 1, "step_size", self.step_size, "must be >= 1")
+        check(0 < self.gamma <= 1, "gamma", self.gamma, "must be in (0, 1]")
+        check(self.min_lr >= 0, "min_lr", self.min_lr, "must be >= 0")
+        check(0 < self.pct_start < 1, "pct_start", self.pct_start, "must be in (0, 1)")
+        check(self.plateau_patience >= 0, "plateau_patience", self.plateau_patience, "must be >= 0")
+        check(
+            0 < self.plateau_factor < 1, "plateau_factor", self.plateau_factor, "must be in (0, 1)"
+        )
 
 
 @dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(Config):
     """The monitored metric picks the best checkpoint; ``patience`` (if set) stops the run."""
 
     monitor: str = "val_loss"
@@ -66,16 +70,24 @@ class EarlyStoppingConfig:
     patience: int | None = None
     min_delta: float = 0.0
 
+    def validate(self) -> None:
+        if self.patience is not None:
+            check(self.patience >= 0, "patience", self.patience, "must be >= 0")
+        check(self.min_delta >= 0, "min_delta", self.min_delta, "must be >= 0")
+
 
 @dataclass
-class GradMonitorConfig:
+class GradMonitorConfig(Config):
     every_n_steps: int = 10  # sample per-layer gradient norms this often (0 turns it off)
     vanishing_below: float = 1e-7
     exploding_above: float = 1e3
 
+    def validate(self) -> None:
+        check(self.every_n_steps >= 0, "every_n_steps", self.every_n_steps, "must be >= 0")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     epochs: int = 20
     batch_size: int = 64
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -96,11 +108,12 @@ class TrainConfig:
     progress: bool | Literal["auto"] = "auto"  # auto: when stderr is a terminal
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate_steps < 1:
-            raise ConfigError("epochs, batch_size and accumulate_steps must be >= 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for key in ("epochs", "batch_size", "accumulate_steps"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+              "must be in [0, 1)")  # fmt: skip
+        for key in ("l1", "bn_l1"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
         for key in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
+            check(value is None or value > 0, key, value, "must be positive")

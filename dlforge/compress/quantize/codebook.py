@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlforge.config import Config, check
+
 SHAREABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -80,11 +82,15 @@ class SharedWeightLayer(nn.Module):
 
 
 @dataclass
-class CodebookConfig:
+class CodebookConfig(Config):
     bits: int = 4
     layers: list[str] | None = None  # default: every conv and linear layer
     iterations: int = 50
     keep_zeros: bool = False  # for pruned models: zeros stay zero, outside every cluster
+
+    def validate(self) -> None:
+        check(1 <= self.bits <= 8, "bits", self.bits, "must be in 1..8")
+        check(self.iterations >= 1, "iterations", self.iterations, "must be >= 1")
 
 
 @dataclass

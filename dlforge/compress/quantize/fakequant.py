@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from dlforge.config import Config, check
 from dlforge.compress.quantize.fold import BN_TYPES, fold_batch_norm, fold_into, trace
 from dlforge.compress.quantize.observers import Observer, make_observer
 from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
@@ -36,7 +37,7 @@ ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 
 
 @dataclass
-class QuantConfig:
+class QuantConfig(Config):
     weight_bits: int = 8
     activation_bits: int = 8
     weight_scheme: Literal["symmetric", "asymmetric"] = "symmetric"
@@ -54,6 +55,12 @@ class QuantConfig:
     # measurable speed on our models (BENCHMARKS.md).
     quantize_output: bool = False
     skip: list[str] = field(default_factory=list)  # layer names to keep in float
+
+    def validate(self) -> None:
+        for key in ("weight_bits", "activation_bits"):
+            check(2 <= getattr(self, key) <= 8, key, getattr(self, key), "must be in 2..8")
+        check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches,
+              "must be >= 1")  # fmt: skip
 
     def weight_spec(self) -> QuantSpec:
         return QuantSpec(
