@@ -1,10 +1,16 @@
-"""Our metrics agree with scikit-learn's to 1e-9, edge cases included."""
+"""Our wrappers agree with scikit-learn's to 1e-9, edge cases included, and check their input."""
 
 from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import sklearn.metrics as skm
+import torch
 from sklearn.exceptions import UndefinedMetricWarning
 
 from dlforge.evaluate import metrics as M
@@ -17,7 +23,9 @@ from dlforge.evaluate.clustering import (
 TOL = 1e-9
 
 
-def random_case(seed: int, n: int = 300, k: int = 4, missing_pred: bool = False):
+def random_case(
+    seed: int, n: int = 300, k: int = 4, missing_pred: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
     logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y] * rng.random((n, 1))
@@ -60,10 +68,15 @@ def test_single_class_present() -> None:
         ref_bal = skm.balanced_accuracy_score(y, pred)
     assert M.balanced_accuracy_score(y, pred, 3) == pytest.approx(ref_bal, abs=TOL)
     proba = np.full((20, 3), 1 / 3)
-    # AUC is undefined with one class: sklearn warns and gives NaN, and so do we.
+    # AUC is undefined with one class: sklearn warns and gives NaN; we give NaN.
     with pytest.warns(UndefinedMetricWarning):
         ref_auc = skm.roc_auc_score(y == 0, proba[:, 0])
     assert np.isnan(ref_auc) and np.isnan(M.roc_auc_binary(y == 0, proba[:, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our documented results come without sklearn's warnings
+        M.balanced_accuracy_score(y, pred, 3)
+        M.roc_auc_binary(y == 0, proba[:, 0])
+        assert np.isnan(M.roc_curve(y == 1, proba[:, 0])[1]).all()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -103,10 +116,12 @@ def test_probabilistic_metrics_match_sklearn(seed: int) -> None:
 def test_ovr_auc_skips_a_class_absent_from_the_labels() -> None:
     y, _, proba = random_case(0, k=4)
     y = np.where(y == 3, 2, y)  # class 3 never occurs: its one-vs-rest AUC is undefined
-    per_class = M.roc_auc_ovr(y, proba, None)
-    assert np.isnan(per_class[3])
+    assert np.isnan(np.asarray(M.roc_auc_ovr(y, proba, None))[3])
     expected = np.mean([skm.roc_auc_score(y == k, proba[:, k]) for k in range(3)])
     assert M.roc_auc_ovr(y, proba, "macro") == pytest.approx(expected, abs=TOL)
+    assert np.isnan(np.asarray(M.average_precision_ovr(y, proba, None))[3])
+    expected = np.mean([skm.average_precision_score(y == k, proba[:, k]) for k in range(3)])
+    assert M.average_precision_ovr(y, proba, "macro") == pytest.approx(expected, abs=TOL)
 
 
 def test_calibration_known_values() -> None:
@@ -146,3 +161,109 @@ def test_clustering_edge_cases() -> None:
     )
     with pytest.raises(ValueError):
         silhouette_score(np.zeros((4, 2)), one)
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+BAD_LABELS = [  # (value, what the error must say), with K = 3
+    (3, "label 3 is outside 0..2"),
+    (-1, "label -1 is outside 0..2"),
+    (1.5, "label 1.5 is not among the integer class ids 0..2"),
+]
+LABEL_METRICS: dict[str, Callable[[Any, Any], Any]] = {
+    "confusion_matrix": lambda t, p: M.confusion_matrix(t, p, 3),
+    "precision_recall_f1": lambda t, p: M.precision_recall_f1(t, p, 3),
+    "accuracy": lambda t, p: M.accuracy_score(t, p, 3),
+    "balanced_accuracy": lambda t, p: M.balanced_accuracy_score(t, p, 3),
+}
+
+
+def test_issue_example_is_an_error() -> None:
+    # Used to count the 3 as true 1, predicted 0 (a flat index past the matrix, reshaped).
+    with pytest.raises(ValueError, match=r"label 3 is outside 0\.\.2 \(y_pred\)"):
+        M.confusion_matrix([0, 1, 2], [3, 1, 2], 3)
+
+
+@pytest.mark.parametrize("metric", LABEL_METRICS)
+@pytest.mark.parametrize(("bad", "message"), BAD_LABELS)
+@pytest.mark.parametrize("where", ["y_true", "y_pred"])
+def test_label_outside_range_is_an_error_naming_it(
+    metric: str, bad: float, message: str, where: str
+) -> None:
+    good = np.array([0.0, 1.0, 2.0])  # integral floats are fine
+    wrong = np.array([bad, 1, 2])
+    y_true, y_pred = (wrong, good) if where == "y_true" else (good, wrong)
+    with pytest.raises(ValueError, match=re.escape(message) + rf".*\({where}\)"):
+        LABEL_METRICS[metric](y_true, y_pred)
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_LABELS)
+def test_log_loss_label_outside_range_is_an_error(bad: float, message: str) -> None:
+    # K comes from the probability columns.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        M.log_loss(np.array([bad, 1, 2]), np.full((3, 3), 1 / 3))
+
+
+def test_label_checks_without_k_and_for_binary_scores() -> None:
+    with pytest.raises(ValueError, match=r"labels -2, -1 are outside 0\.\.K-1 \(y_true\)"):
+        M.accuracy_score([-1, -2, 0], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"label 2 is outside 0\.\.1"):
+        M.roc_curve([0, 2, 1], [0.1, 0.2, 0.3])
+
+
+def test_probabilities_must_be_finite_with_a_row_per_label() -> None:
+    y = np.array([0, 1])
+    with pytest.raises(ValueError, match="non-finite"):
+        M.log_loss(y, np.array([[np.nan, 1.0], [0.5, 0.5]]))
+    with pytest.raises(ValueError, match="3 rows but there are 2 labels"):
+        M.expected_calibration_error(y, np.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match="two-dimensional"):
+        M.roc_auc_ovr(y, np.array([0.2, 0.8]))
+
+
+def test_log_loss_float32_matches_sklearn() -> None:
+    # The issue's example: clipping must use float32's eps, as sklearn does (was 24.03).
+    proba = np.array([[0, 1], [0, 1], [1, 0]], dtype=np.float32)
+    y = np.array([0, 1, 1])
+    ref = skm.log_loss(y, proba, labels=[0, 1])
+    assert ref == pytest.approx(10.63, abs=0.01)
+    assert M.log_loss(y, proba) == pytest.approx(ref, abs=TOL)
+
+
+def _values(result: Any) -> list[np.ndarray]:
+    items = result.values() if isinstance(result, dict) else result
+    return [np.asarray(v) for v in (items if isinstance(result, dict | tuple) else [result])]
+
+
+def test_torch_tensors_give_the_numpy_numbers() -> None:
+    y, pred, proba = random_case(0)
+    x = np.random.default_rng(0).normal(size=(len(y), 5))
+    as_numpy = (y, pred, proba, x)
+    # Model outputs require grad, which np.asarray refuses.
+    as_torch = (
+        torch.from_numpy(y),
+        torch.from_numpy(pred),
+        torch.tensor(proba, requires_grad=True),
+        torch.tensor(x, requires_grad=True),
+    )
+    calls: list[Callable[..., Any]] = [
+        lambda y, p, q, x: M.accuracy_score(y, p, 4),
+        lambda y, p, q, x: M.confusion_matrix(y, p, 4),
+        lambda y, p, q, x: M.precision_recall_f1(y, p, 4),
+        lambda y, p, q, x: M.balanced_accuracy_score(y, p, 4),
+        lambda y, p, q, x: M.log_loss(y, q),
+        lambda y, p, q, x: M.expected_calibration_error(y, q),
+        lambda y, p, q, x: M.reliability_bins(y, q),
+        lambda y, p, q, x: M.roc_auc_ovr(y, q, None),
+        lambda y, p, q, x: M.average_precision_ovr(y, q, None),
+        lambda y, p, q, x: M.roc_curve(y == 0, q[:, 0]),
+        lambda y, p, q, x: M.roc_auc_binary(y == 0, q[:, 0]),
+        lambda y, p, q, x: M.precision_recall_curve(y == 0, q[:, 0]),
+        lambda y, p, q, x: M.average_precision_score(y == 0, q[:, 0]),
+        lambda y, p, q, x: adjusted_rand_score(y, p),
+        lambda y, p, q, x: normalized_mutual_info_score(y, p),
+        lambda y, p, q, x: silhouette_score(x, p),
+    ]
+    for call in calls:
+        for a, b in zip(_values(call(*as_torch)), _values(call(*as_numpy)), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -91,7 +91,7 @@ def classification_report(
     y_pred = proba.argmax(axis=1)
     per_p, per_r, per_f = M.precision_recall_f1(y_true, y_pred, k)
     summary: dict[str, Any] = {
-        "accuracy": M.accuracy_score(y_true, y_pred),
+        "accuracy": M.accuracy_score(y_true, y_pred, k),
         "balanced_accuracy": M.balanced_accuracy_score(y_true, y_pred, k),
         "log_loss": M.log_loss(y_true, proba),
         "expected_calibration_error": M.expected_calibration_error(y_true, proba, n_bins),

@@ -1,199 +1,265 @@
-"""Classification metrics in NumPy, checked against scikit-learn to 1e-9 in the tests.
+"""Classification metrics: thin wrappers over scikit-learn's, plus what it lacks.
+
+Every score is computed by ``sklearn.metrics`` (so one widely used implementation is the one we
+trust); this module adds the input check that scikit-learn does not make, torch-tensor input,
+our conventions where scikit-learn would warn or raise, and calibration (ECE, reliability bins),
+which scikit-learn does not have.
 
 Naming: ``*_score`` is higher-is-better, ``*_loss``/``*_error`` lower-is-better. Labels are
-integer class ids 0..K-1 and ``n_classes`` is given, so a class that is never predicted (or never
-present) still has its row, column and zero-division-safe scores.
+integer class ids 0..K-1. K is ``n_classes`` where it is passed, else the number of probability
+columns. A label outside 0..K-1 is a ``ValueError`` naming it: scikit-learn, given
+``labels=range(K)``, would silently drop such samples from a confusion matrix. Every class in
+0..K-1 keeps its row, column and zero-division-safe (0) scores even when never predicted or
+never present.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
+import sklearn.metrics as skm
+import torch
+from sklearn.exceptions import UndefinedMetricWarning
 
 Average = Literal["macro", "micro", "weighted"] | None
+ArrayLike = npt.ArrayLike | torch.Tensor
 
 
-def _labels(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y)
+def as_numpy(x: ArrayLike) -> np.ndarray:
+    """``x`` as a NumPy array; a torch tensor is detached and copied to the CPU first."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        # NumPy has no bfloat16; float32 holds every bfloat16 value exactly.
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    return np.asarray(x)
+
+
+def _are(values: np.ndarray, limit: int = 5) -> str:
+    """'label 3 is' or 'labels -1, 3 are', naming at most ``limit`` values."""
+    if len(values) == 1:
+        return f"label {values[0].item()!r} is"
+    listed = ", ".join(repr(v.item()) for v in values[:limit])
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"labels {listed}{more} are"
+
+
+def check_labels(y: ArrayLike, n_classes: int | None, name: str = "y_true") -> np.ndarray:
+    """``y`` as int64 class ids in 0..n_classes-1, else a ``ValueError`` naming the bad values.
+
+    Integral floats (3.0) and booleans are accepted. With ``n_classes=None`` only the lower bound
+    is known, so only non-integers and negative values are rejected.
+    """
+    y = as_numpy(y)
     if y.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+        raise ValueError(f"{name} must be one-dimensional, got shape {y.shape}")
+    if y.dtype == bool:
+        return y.astype(np.int64)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{name} must hold integer class ids, got dtype {y.dtype}")
+    span = "0..K-1" if n_classes is None else f"0..{n_classes - 1}"
+    if np.issubdtype(y.dtype, np.floating):
+        # NaN and ±inf are not class ids either; astype(int64) would turn them into garbage.
+        fractional = np.unique(y[~np.isfinite(y) | (y != np.round(y))])
+        if len(fractional):
+            raise ValueError(f"{_are(fractional)} not among the integer class ids {span} ({name})")
+    outside = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
+    if outside.any():
+        raise ValueError(f"{_are(np.unique(y[outside]))} outside {span} ({name})")
     return y.astype(np.int64)
 
 
-def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with 0 where den is 0 (scikit-learn's zero_division=0)."""
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
+def check_proba(proba: ArrayLike, name: str = "proba") -> np.ndarray:
+    """``proba`` as a finite (N, K) float array; a float dtype is kept (log-loss needs it)."""
+    proba = as_numpy(proba)
+    if proba.ndim != 2:
+        raise ValueError(f"{name} must be two-dimensional (N, K), got shape {proba.shape}")
+    if not np.issubdtype(proba.dtype, np.floating):
+        proba = proba.astype(np.float64)
+    if not np.isfinite(proba).all():
+        raise ValueError(f"{name} has non-finite values")
+    return proba
 
 
-def accuracy_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    y_true, y_pred = _labels(y_true), _labels(y_pred)
-    return float(np.mean(y_true == y_pred))
+def _check_score(score: ArrayLike, n_samples: int) -> np.ndarray:
+    score = as_numpy(score)
+    if score.shape != (n_samples,):
+        raise ValueError(f"score must have shape ({n_samples},), got {score.shape}")
+    if not np.isfinite(score).all():
+        raise ValueError("score has non-finite values")
+    return score
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """C[i, j] = samples of true class i predicted as j."""
-    y_true, y_pred = _labels(y_true), _labels(y_pred)
-    return np.bincount(n_classes * y_true + y_pred, minlength=n_classes**2).reshape(
-        n_classes, n_classes
-    )
+def _binary(y_true: ArrayLike, score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels 0/1 (booleans accepted) and one finite score per sample."""
+    y = check_labels(y_true, 2)
+    return y, _check_score(score, len(y))
+
+
+def _pair(
+    y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    y_true = check_labels(y_true, n_classes, "y_true")
+    y_pred = check_labels(y_pred, n_classes, "y_pred")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
+    return y_true, y_pred
+
+
+def _with_proba(y_true: ArrayLike, proba: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities checked together; K is the number of probability columns."""
+    proba = check_proba(proba)
+    y = check_labels(y_true, proba.shape[1])
+    if len(y) != len(proba):
+        raise ValueError(f"proba has {len(proba)} rows but there are {len(y)} labels")
+    return y, proba
+
+
+# --- label metrics ----------------------------------------------------------------------------
+
+
+def accuracy_score(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None = None) -> float:
+    """Fraction of correct predictions; with ``n_classes`` the labels are also range-checked."""
+    return float(skm.accuracy_score(*_pair(y_true, y_pred, n_classes)))
+
+
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> np.ndarray:
+    """C[i, j] = samples of true class i predicted as j, shape (K, K)."""
+    y_true, y_pred = _pair(y_true, y_pred, n_classes)
+    return skm.confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
 
 
 def precision_recall_f1(
-    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, average: Average = None
+    y_true: ArrayLike, y_pred: ArrayLike, n_classes: int, average: Average = None
 ) -> tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]:
     """Precision, recall and F1, per class (``average=None``) or averaged."""
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    if average == "micro":
-        tp, fp, fn = np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()])
-    precision = _divide(tp, tp + fp)
-    recall = _divide(tp, tp + fn)
-    f1 = _divide(2 * tp, 2 * tp + fp + fn)
+    y_true, y_pred = _pair(y_true, y_pred, n_classes)
+    p, r, f, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n_classes)), average=average, zero_division=0
+    )
     if average is None:
-        return precision, recall, f1
-    if average == "micro":
-        return float(precision[0]), float(recall[0]), float(f1[0])
-    if average == "macro":
-        return float(precision.mean()), float(recall.mean()), float(f1.mean())
-    support = cm.sum(axis=1).astype(np.float64)
-    if support.sum() == 0:
-        return 0.0, 0.0, 0.0
-    w = support / support.sum()
-    return float(precision @ w), float(recall @ w), float(f1 @ w)
+        return p.astype(np.float64), r.astype(np.float64), f.astype(np.float64)
+    return float(p), float(r), float(f)
 
 
-def balanced_accuracy_score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+def balanced_accuracy_score(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> float:
     """Mean recall over the classes present in ``y_true``."""
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    y_true, y_pred = _pair(y_true, y_pred, n_classes)
+    with warnings.catch_warnings():
+        # A predicted class absent from y_true has no recall; skipping it is what we document.
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(skm.balanced_accuracy_score(y_true, y_pred))
 
 
 # --- threshold curves --------------------------------------------------------------------------
 
 
-def _binary_clf_curve(
-    y_true: np.ndarray, score: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative false and true positives at each distinct score, highest score first."""
-    y_true = np.asarray(y_true).astype(bool)
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(score, kind="mergesort")[::-1]
-    score, y_true = score[order], y_true[order]
-    distinct = np.flatnonzero(np.diff(score))
-    ends = np.r_[distinct, len(y_true) - 1]
-    tps = np.cumsum(y_true, dtype=np.float64)[ends]
-    fps = 1 + ends - tps
-    return fps, tps, score[ends]
-
-
 def roc_curve(
-    y_true: np.ndarray, score: np.ndarray, drop_intermediate: bool = False
+    y_true: ArrayLike, score: ArrayLike, drop_intermediate: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-positive rate (x) against true-positive rate (y) over every threshold.
 
     The ROC curve plots TPR against FPR; precision against recall is the PR curve. Starts at
-    (0, 0) with threshold +inf. NaN rates where a class is absent.
+    (0, 0) with threshold +inf. NaN rates where a class is absent (without a warning).
     """
-    fps, tps, thresholds = _binary_clf_curve(y_true, score)
-    if drop_intermediate and len(fps) > 2:
-        # Keep only the corners: points where the curve changes direction.
-        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
-    thresholds = np.r_[np.inf, thresholds]
-    fpr = fps / fps[-1] if fps[-1] > 0 else np.full_like(fps, np.nan)
-    tpr = tps / tps[-1] if tps[-1] > 0 else np.full_like(tps, np.nan)
+    y, score = _binary(y_true, score)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # the documented NaN rates
+        fpr, tpr, thresholds = skm.roc_curve(y, score, drop_intermediate=drop_intermediate)
     return fpr, tpr, thresholds
 
 
-def roc_auc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
+def roc_auc_binary(y_true: ArrayLike, score: ArrayLike) -> float:
     """Area under the ROC curve; NaN when only one class is present (AUC is undefined)."""
-    fpr, tpr, _ = roc_curve(y_true, score)
-    if np.isnan(fpr).any() or np.isnan(tpr).any():
+    y, score = _binary(y_true, score)
+    if len(np.unique(y)) < 2:
         return float("nan")
-    return float(np.trapezoid(tpr, fpr))
+    return float(skm.roc_auc_score(y, score))
 
 
 def roc_auc_ovr(
-    y_true: np.ndarray, proba: np.ndarray, average: Literal["macro", "weighted"] | None = "macro"
+    y_true: ArrayLike, proba: ArrayLike, average: Literal["macro", "weighted"] | None = "macro"
 ) -> float | np.ndarray:
-    """One-vs-rest AUC per class; averaged over the classes for which it is defined."""
-    y_true = _labels(y_true)
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.shape[1] == 2:  # binary: the positive class's score, as scikit-learn does
-        return roc_auc_binary(y_true == 1, proba[:, 1])
-    aucs = np.array([roc_auc_binary(y_true == k, proba[:, k]) for k in range(proba.shape[1])])
+    """One-vs-rest AUC per class; averaged over the classes for which it is defined.
+
+    scikit-learn's multiclass AUC would average in the NaN of a class absent from ``y_true``;
+    we skip it instead, so the per-class scores are computed here one binary AUC at a time.
+    """
+    y, proba = _with_proba(y_true, proba)
+    k = proba.shape[1]
+    if k == 2:  # binary: the positive class's score, as scikit-learn does
+        return roc_auc_binary(y == 1, proba[:, 1])
+    aucs = np.array([roc_auc_binary(y == c, proba[:, c]) for c in range(k)])
     if average is None:
         return aucs
-    defined = ~np.isnan(aucs)
-    if not defined.any():
-        return float("nan")
-    if average == "macro":
-        return float(aucs[defined].mean())
-    support = np.bincount(y_true, minlength=proba.shape[1])[defined].astype(np.float64)
-    return float(aucs[defined] @ (support / support.sum()))
+    weights = np.bincount(y, minlength=k) if average == "weighted" else np.ones(k)
+    return _nan_average(aucs, weights)
 
 
 def precision_recall_curve(
-    y_true: np.ndarray, score: np.ndarray
+    y_true: ArrayLike, score: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision and recall at each threshold, ending at (recall 0, precision 1)."""
-    fps, tps, thresholds = _binary_clf_curve(y_true, score)
-    precision = _divide(tps, tps + fps)
-    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
-    # Reverse so recall decreases, then append the (0, 1) end point.
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+    y, score = _binary(y_true, score)
+    precision, recall, thresholds = skm.precision_recall_curve(y, score)
+    return precision, recall, thresholds
 
 
-def average_precision_score(y_true: np.ndarray, score: np.ndarray) -> float:
+def average_precision_score(y_true: ArrayLike, score: ArrayLike) -> float:
     """AP = sum_n (R_n - R_{n-1}) P_n, the step-wise area under the PR curve (no interpolation)."""
-    precision, recall, _ = precision_recall_curve(y_true, score)
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
+    y, score = _binary(y_true, score)
+    return float(skm.average_precision_score(y, score))
 
 
 def average_precision_ovr(
-    y_true: np.ndarray, proba: np.ndarray, average: Literal["macro"] | None = "macro"
+    y_true: ArrayLike, proba: ArrayLike, average: Literal["macro"] | None = "macro"
 ) -> float | np.ndarray:
-    y_true = _labels(y_true)
+    """One-vs-rest AP per class; NaN for a class absent from ``y_true``, skipped in the mean."""
+    y, proba = _with_proba(y_true, proba)
+    k = proba.shape[1]
     aps = np.array(
         [
-            average_precision_score(y_true == k, proba[:, k]) if np.any(y_true == k) else np.nan
-            for k in range(proba.shape[1])
+            average_precision_score(y == c, proba[:, c]) if np.any(y == c) else np.nan
+            for c in range(k)
         ]
     )
     if average is None:
         return aps
-    return float(np.nanmean(aps)) if not np.isnan(aps).all() else float("nan")
+    return _nan_average(aps, np.ones(k))
+
+
+def _nan_average(values: np.ndarray, weights: npt.ArrayLike) -> float:
+    """Weighted mean over the non-NaN values; NaN if there are none."""
+    defined = ~np.isnan(values)
+    w = np.asarray(weights, dtype=np.float64)[defined]
+    if not defined.any() or w.sum() == 0:
+        return float("nan")
+    return float(values[defined] @ (w / w.sum()))
 
 
 # --- probabilistic quality --------------------------------------------------------------------
 
 
-def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class; probabilities clipped to [eps, 1-eps]."""
-    y_true = _labels(y_true)
-    proba = np.asarray(proba, dtype=np.float64)
-    eps = np.finfo(proba.dtype).eps
-    p = np.clip(proba[np.arange(len(y_true)), y_true], eps, 1 - eps)
-    return float(-np.mean(np.log(p)))
+def log_loss(y_true: ArrayLike, proba: ArrayLike) -> float:
+    """Mean negative log-likelihood of the true class (scikit-learn's).
+
+    Probabilities are clipped to [eps, 1-eps] with eps of *their* dtype, as scikit-learn does, so
+    a float32 input scores as scikit-learn scores it.
+    """
+    y, proba = _with_proba(y_true, proba)
+    return float(skm.log_loss(y, proba, labels=list(range(proba.shape[1]))))
 
 
 def reliability_bins(
-    y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15
+    y_true: ArrayLike, proba: ArrayLike, n_bins: int = 15
 ) -> dict[str, np.ndarray]:
     """Per equal-width confidence bin: mean confidence, accuracy and count (top-1 confidence)."""
-    y_true = _labels(y_true)
-    proba = np.asarray(proba, dtype=np.float64)
+    y, proba = _with_proba(y_true, proba)
+    proba = proba.astype(np.float64)
     confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    correct = (proba.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # Bins are (lo, hi]; a confidence of exactly 0 joins the first bin.
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
@@ -208,7 +274,14 @@ def reliability_bins(
     }
 
 
-def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0: an empty bin has no confidence or accuracy."""
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def expected_calibration_error(y_true: ArrayLike, proba: ArrayLike, n_bins: int = 15) -> float:
     """ECE = sum_b (n_b / N) |accuracy_b - confidence_b| (Guo et al., 2017)."""
     bins = reliability_bins(y_true, proba, n_bins)
     n = bins["count"].sum()
