@@ -2,10 +2,12 @@
 
 A checkpoint ``best.safetensors`` carries its metadata (model name and kwargs, recipe,
 preprocessing, versions) in the safetensors header, and the same JSON beside it as
-``best.json`` for people. Training state for an exact resume (optimizer, schedule, scaler, RNG,
-epoch, step) goes to ``last.state.safetensors``: its tensors in the body, everything else as JSON
-in the header. Each file is written to a temporary name in the same folder and renamed, so a
-crash leaves the previous file whole.
+``best.json`` for people. Training state for an exact resume (the model's weights, optimizer,
+schedule, scaler, RNG, epoch, step) goes to ``last.state.safetensors``: its tensors in the body,
+everything else as JSON in the header. Resuming needs that one file only, so a kill between two
+writes can never leave a pair of files at different steps. Each file is written to a temporary
+name in the same folder (``.NAME.dlforge-XXXX.tmp``), given the usual file mode and renamed, so a
+crash leaves the previous file whole; ``remove_stray_temps`` clears what a kill left behind.
 """
 
 from __future__ import annotations
@@ -22,29 +24,62 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dlforge.config import DlforgeError
+
 META_KEY = "dlforge"
+TEMP_MARK = ".dlforge-"  # in every temporary name we write, so a clean-up touches only ours
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt or does not match the model."""
+class CheckpointError(DlforgeError, ValueError):
+    """A checkpoint is missing, corrupt or does not match the model; the message names the file."""
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         write(tmp)
+        # After writing: some writers (safetensors) replace the file and leave it 0600.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stray_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_write`` left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".*{TEMP_MARK}*.tmp"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    removed = []
+    for p in found:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _umask() -> int:
@@ -133,8 +168,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a checkpoint's header; anything else is a CheckpointError naming it."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         with safe_open(str(p), framework="pt") as fh:
@@ -143,28 +179,46 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
     if META_KEY not in header:
         raise CheckpointError(f"checkpoint {p} has no dlforge metadata (not written by dlforge?)")
-    return json.loads(header[META_KEY])
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {p}: its metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"checkpoint {p}: its metadata must be a JSON object, got {type(meta).__name__}"
+        )
+    return meta
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from None
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.Module:
     """Load a checkpoint's weights into ``model``; mismatches are errors naming the tensors."""
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from None
+    return load_state(model, read_tensors(path), str(path), strict)
+
+
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], where: str, strict: bool = True
+) -> nn.Module:
+    """``model.load_state_dict(state)`` with errors that name ``where`` and the tensors."""
     own = model.state_dict()
     if strict:
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise CheckpointError(
-                f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
+                f"checkpoint {where} does not fit the model: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             raise CheckpointError(
-                f"checkpoint {path}: tensor '{k}' has shape {tuple(v.shape)}, "
+                f"checkpoint {where}: tensor '{k}' has shape {tuple(v.shape)}, "
                 f"the model expects {tuple(own[k].shape)}"
             )
     model.load_state_dict(state, strict=strict)
@@ -183,5 +237,8 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
     skeleton = read_meta(path)
-    tensors = load_file(str(path))
-    return join_tensors(skeleton, tensors)
+    tensors = read_tensors(path)
+    try:
+        return join_tensors(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"training state {path} is inconsistent ({exc!r})") from None

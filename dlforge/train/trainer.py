@@ -24,11 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dlforge.config import DlforgeError
 from dlforge.train.checkpoint import (
     CheckpointError,
+    load_state,
     load_train_state,
     load_weights,
     read_meta,
+    remove_stray_temps,
     save_checkpoint,
     save_train_state,
 )
@@ -43,7 +46,7 @@ log = logging.getLogger("dlforge.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DlforgeError, RuntimeError):
     """The loss became NaN or inf; the run stopped and the last good checkpoint was kept."""
 
 
@@ -109,6 +112,10 @@ class Trainer:
         self.meta = dict(meta or {})
         self.history = History()
         # Called after model.train() at each epoch with the 0-based epoch (e.g. to freeze BN).
+        # A hook that changes the model as it trains (gradual pruning) may define
+        # ``best_eligible(epoch) -> bool``: epochs it returns False for are neither kept as the
+        # best weights nor counted by early stopping, so restoring the best never brings back
+        # a model from before the change was complete.
         self.on_train_epoch_start = on_train_epoch_start
         self.schedule: LRSchedule | None = None
         self.epoch = 0  # epochs completed
@@ -116,6 +123,7 @@ class Trainer:
         self._best_value: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         self._bad_epochs = 0
+        self.steps_this_fit = 0  # optimizer steps taken by the last fit() (0: a finished run)
 
     # -- paths ---------------------------------------------------------------------------------
     def checkpoint_path(self, name: str) -> Path | None:
@@ -147,8 +155,12 @@ class Trainer:
             "monitor": monitor_name,
             "threads": torch.get_num_threads(),
         }
+        if self.out_dir is not None:
+            for p in remove_stray_temps(self.out_dir / "checkpoints"):
+                log.info("removed %s, left by an interrupted write", p)
         if resume is not None:
             self._restore(Path(resume), train_loader.generator)
+        first_step = self.step
         log.info(
             "training on %s, precision %s, channels_last %s",
             self.device,
@@ -172,6 +184,7 @@ class Trainer:
                 )
                 log.info(self.history.events[-1])
                 break
+        self.steps_this_fit = self.step - first_step
         if cfg.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         return self.history
@@ -324,12 +337,17 @@ class Trainer:
                 f"early_stopping.monitor '{monitor_name}' is not an epoch metric; "
                 f"choose one of {sorted(metrics)}"
             )
-        improved = self._is_improvement(metrics[monitor_name])
+        eligible = self._best_eligible()
+        improved = eligible and self._is_improvement(metrics[monitor_name])
         if improved:
             self._best_value, self._bad_epochs = metrics[monitor_name], 0
             self._best_state = copy.deepcopy(self.model.state_dict())
-            self.history.best = {"epoch": self.epoch, monitor_name: metrics[monitor_name]}
-        else:
+            self.history.best = {
+                "epoch": self.epoch,
+                "step": self.step,
+                monitor_name: metrics[monitor_name],
+            }
+        elif eligible:
             self._bad_epochs += 1
         self.history.epochs.append(metrics)
         log.info(
@@ -339,10 +357,12 @@ class Trainer:
             " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"),
         )
         if self.out_dir is not None:
-            meta = {**self.meta, "epoch": self.epoch, "step": self.step, "metrics": metrics}
-            if improved:
-                save_checkpoint(self.checkpoint_path("best"), self.model, meta)  # type: ignore[arg-type]
-            self._save_last(meta, generator)
+            self._save(metrics, improved, generator)
+
+    def _best_eligible(self) -> bool:
+        hook = self.on_train_epoch_start
+        check = getattr(hook, "best_eligible", None)
+        return bool(check(self.epoch - 1)) if callable(check) else True
 
     def _is_improvement(self, value: float) -> bool:
         es = self.config.early_stopping
@@ -353,11 +373,24 @@ class Trainer:
             return value < self._best_value - es.min_delta
         return value > self._best_value + es.min_delta
 
-    def _save_last(self, meta: dict[str, Any], generator: torch.Generator | None) -> None:
+    def _checkpoint_meta(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {**self.meta, "epoch": self.epoch, "step": self.step, "metrics": metrics}
+
+    def _save(
+        self, metrics: dict[str, float], improved: bool, generator: torch.Generator | None
+    ) -> None:
+        """End-of-epoch files, in an order that a kill at any instant cannot break.
+
+        The training state (weights included) is written first and alone decides a resume;
+        ``best`` and ``last`` follow. A kill after the state but before them leaves files one
+        epoch behind, which ``_restore`` rewrites from the state.
+        """
         assert self.schedule is not None
+        weights = {k: v.detach() for k, v in self.model.state_dict().items()}
         state = {
             "epoch": self.epoch,
             "step": self.step,
+            "model": weights,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -367,38 +400,84 @@ class Trainer:
             "bad_epochs": self._bad_epochs,
         }
         last = self.checkpoint_path("last")
-        assert last is not None
-        # The state first, then the weights: both carry the step, checked on resume.
-        save_train_state(last.with_suffix(".state.safetensors"), state)
+        best = self.checkpoint_path("best")
+        assert last is not None and best is not None
+        save_train_state(state_path(last), state)
+        meta = self._checkpoint_meta(metrics)
+        if improved:
+            save_checkpoint(best, self.model, meta)
         save_checkpoint(last, self.model, meta)
 
     def _restore(self, path: Path, generator: torch.Generator | None) -> None:
-        state_path = path.with_suffix(".state.safetensors")
-        if not state_path.exists():
-            raise CheckpointError(f"cannot resume: no training state {state_path} beside {path}")
-        meta = read_meta(path)
-        state = load_train_state(state_path)
-        if meta.get("step") != state["step"]:
-            raise CheckpointError(
-                f"cannot resume: {path} is at step {meta.get('step')} but {state_path} "
-                f"is at step {state['step']} (interrupted while saving?)"
-            )
-        load_weights(path, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
-        assert self.schedule is not None
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], generator)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = History.from_dict(state["history"])
-        self._best_value, self._bad_epochs = state["best_value"], int(state["bad_epochs"])
-        best = self.checkpoint_path("best") if self.out_dir else path.with_name("best.safetensors")
-        if best is not None and best.exists():
-            best_model = copy.deepcopy(self.model)
-            self._best_state = load_weights(best, best_model).state_dict()
-        self.history.events.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+        """Continue from a training state; bring ``best``/``last`` up to it if a kill left them
+        behind."""
+        spath = state_path(path)
+        if not spath.exists():
+            raise CheckpointError(f"cannot resume: no training state {spath}")
+        state = load_train_state(spath)
+        try:
+            load_state(self.model, state["model"], str(spath))
+            self.optimizer.load_state_dict(state["optimizer"])
+            assert self.schedule is not None
+            self.schedule.load_state_dict(state["schedule"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"], generator)
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.history = History.from_dict(state["history"])
+            self._best_value, self._bad_epochs = state["best_value"], int(state["bad_epochs"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"cannot resume from {spath}: {exc!r}") from None
+        self._restore_best(spath)
+        if self.out_dir is not None and self.history.epochs:
+            meta = self._checkpoint_meta(self.history.epochs[-1])
+            last = self.checkpoint_path("last")
+            assert last is not None
+            if _step_of(last) != self.step:
+                save_checkpoint(last, self.model, meta)
+        self.history.events.append(f"resumed from {spath} at epoch {self.epoch}, step {self.step}")
         log.info(self.history.events[-1])
+
+    def _restore_best(self, spath: Path) -> None:
+        best_step = self.history.best.get("step")
+        if best_step is None:
+            return
+        best = (
+            self.checkpoint_path("best")
+            if self.out_dir is not None
+            else spath.with_name("best.safetensors")
+        )
+        assert best is not None
+        if best_step == self.step:  # the best is the state's own weights
+            self._best_state = copy.deepcopy(self.model.state_dict())
+            if self.out_dir is not None and _step_of(best) != self.step:
+                save_checkpoint(best, self.model, self._checkpoint_meta(self.history.epochs[-1]))
+            return
+        if _step_of(best) != best_step:
+            log.warning(
+                "best checkpoint %s is not the one from step %s: not restored", best, best_step
+            )
+            return
+        best_model = copy.deepcopy(self.model)
+        self._best_state = load_weights(best, best_model).state_dict()
 
     def _show_progress(self) -> bool:
         mode = self.config.progress
         return mode is True or (mode == "auto" and sys.stderr.isatty())
+
+
+def state_path(checkpoint: Path) -> Path:
+    """``last.safetensors`` -> ``last.state.safetensors`` (a state path is returned as is)."""
+    if checkpoint.name.endswith(".state.safetensors"):
+        return checkpoint
+    return checkpoint.with_suffix(".state.safetensors")
+
+
+def _step_of(path: Path) -> int | None:
+    """The optimizer step a checkpoint was written at, or None when it is missing or unreadable."""
+    try:
+        step = read_meta(path).get("step")
+    except CheckpointError:
+        return None
+    return step if isinstance(step, int) else None
