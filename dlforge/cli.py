@@ -1,4 +1,11 @@
-"""The ``dlforge`` command: ``run``, ``train``, ``evaluate``, ``report``, ``models``."""
+"""The ``dlforge`` command: ``run``, ``train``, ``evaluate``, ``quantize``, ``compress``,
+``bench``, ``report``, ``models``.
+
+Every failure ends in one line on stderr naming what went wrong, never a traceback unless
+``--debug`` asks for it: exit 2 for bad input (recipe, data, checkpoint, file), exit 1 for a stage
+that failed after the run started (its error is recorded in ``metrics.json`` and the report) or
+for an unexpected error.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-from dlforge.config import ConfigError
-from dlforge.data import DataError
-from dlforge.train import CheckpointError, NonFiniteLossError, atomic_write_json
+from dlforge.config import DlforgeError
 
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+# Only the error base is imported here, so that `dlforge --help` answers without loading torch.
+BAD_INPUT, STAGE_FAILED = 2, 1
 
 
 def _set_option(p: argparse.ArgumentParser, example: str) -> None:
@@ -28,11 +33,26 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     _set_option(p, "override a recipe field, e.g. --set train.optimizer.lr=0.01 (repeatable)")
 
 
+def _checkpoint_arg(
+    p: argparse.ArgumentParser, text: str = "a .safetensors checkpoint written by dlforge"
+) -> None:
+    p.add_argument("checkpoint", help=text)
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a checkpoint that names a package.module:function model factory to import "
+        "and run it (only for files you trust; registered models never need this)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dlforge", description="Train, evaluate, compress and deploy PyTorch models."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when something fails"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the whole job: data, train, evaluate, report")
@@ -44,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint, rebuilt from its own metadata")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
+    _checkpoint_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-path", default=None, help="read the same kind of data from here")
     p.add_argument("--out", default=None, help="write the metrics JSON here")
 
     p = sub.add_parser("quantize", help="int8 PTQ of a checkpoint, exported to ONNX (QDQ)")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
+    _checkpoint_arg(p)
     _set_option(p, "quantize settings, e.g. --set quantize.observer=mse")
     p.add_argument("--bench", action="store_true", help="also benchmark fp32 and int8")
     p.add_argument(
@@ -62,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compress", help="prune / low-rank / Deep Compression / distill a checkpoint"
     )
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by dlforge")
+    _checkpoint_arg(p)
     p.add_argument("--recipe", default=None, help="a recipe whose compress: section to run")
     _set_option(p, "compress settings, e.g. --set compress.prune.sparsity=0.8")
 
     p = sub.add_parser("bench", help="latency, throughput, memory, size and accuracy of variants")
-    p.add_argument("checkpoint", help="the fp32 checkpoint (its eager model is the baseline)")
+    _checkpoint_arg(p, "the fp32 checkpoint (its eager model is the baseline)")
     p.add_argument(
         "--onnx",
         nargs="*",
@@ -93,15 +113,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
-    except EXPECTED_ERRORS as exc:
-        print(f"dlforge {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _report_failure(args.command, exc)
+
+
+def _report_failure(command: str, exc: Exception) -> int:
+    """One line on stderr; the exit code says whether the input or a stage was at fault."""
+    from dlforge.pipeline import StageError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, StageError):
+        print(f"dlforge {command}: error: {text}", file=sys.stderr)
+        return STAGE_FAILED
+    if isinstance(exc, DlforgeError | FileNotFoundError):
+        print(f"dlforge {command}: error: {text}", file=sys.stderr)
+        return BAD_INPUT
+    print(
+        f"dlforge {command}: unexpected error: {type(exc).__name__}: {text} "
+        "(run with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return STAGE_FAILED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     # Imported here so `dlforge --help` answers without loading torch.
     from dlforge import pipeline
     from dlforge.recipe import load_recipe
+    from dlforge.train import atomic_write_json
 
     if args.command == "run":
         recipe = load_recipe(args.recipe, args.overrides)
@@ -117,20 +158,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         recipe = load_recipe(args.recipe, args.overrides)
-        run_dir = Path(recipe.output_dir) / recipe.name
-        _, _, result, timings = pipeline.train_stage(recipe, run_dir, resume=args.resume)
-        result["timings"] = timings
-        atomic_write_json(run_dir / "metrics.json", result)
+        result = pipeline.train(recipe, resume=args.resume)
         print(f"checkpoint: {result['model']['checkpoint']}")
         return 0
     if args.command == "evaluate":
-        result = pipeline.evaluate_checkpoint(args.checkpoint, args.split, args.data_path)
+        result = pipeline.evaluate_checkpoint(
+            args.checkpoint, args.split, args.data_path, args.trust_code
+        )
         if args.out:
             atomic_write_json(args.out, result)
         print(json.dumps(result["summary"], indent=2))
         return 0
     if args.command == "quantize":
-        result = pipeline.quantize_checkpoint(args.checkpoint, args.overrides, args.out, args.bench)
+        result = pipeline.quantize_checkpoint(
+            args.checkpoint, args.overrides, args.out, args.bench, args.trust_code
+        )
         acc = result["quantize"]["accuracy"]
         print(
             f"accuracy fp32 {acc['fp32']:.4f}  fake-quant {acc['fake_quant']:.4f}  "
@@ -145,7 +187,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "compress":
-        result = pipeline.compress_checkpoint(args.checkpoint, args.recipe, args.overrides)
+        result = pipeline.compress_checkpoint(
+            args.checkpoint, args.recipe, args.overrides, args.trust_code
+        )
         for row in result["rows"]:
             print(
                 f"{row['variant']:<18} acc {row['accuracy']:.4f}  {row['compression_x']:.1f}x smaller  "
@@ -153,7 +197,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "bench":
-        result = pipeline.bench_checkpoint(args.checkpoint, args.onnx, args.overrides)
+        result = pipeline.bench_checkpoint(
+            args.checkpoint, args.onnx, args.overrides, args.trust_code
+        )
         if args.out:
             atomic_write_json(args.out, result)
         for row in result["rows"]:

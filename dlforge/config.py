@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -116,9 +115,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"unsupported annotation {_type_name(tp)}", path)
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+    """Resolved field annotations of ``cls``, cached: resolving them is the slow part."""
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:

@@ -1,7 +1,12 @@
-"""The main job: recipe → data → model → train → evaluate → report, into one run folder.
+"""The main job: recipe → data → model → train → evaluate → compress → quantize → bench → report.
 
 No technique lives here; each stage calls the package that owns it and adds its part to one
 result dict, written as ``metrics.json`` (atomically) that the report reads.
+
+Failures keep what was done: bad input (recipe, data, model) fails before anything is written,
+so no run folder is left behind; a stage that fails later records its error under its own name
+in ``metrics.json`` and the report, every earlier stage's results stay, and a ``StageError``
+names the stage and the cause.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlforge.checkpoints import (
+    CHECKPOINT_FORMAT,
+    checkpoint_meta,
+    checkpoint_recipe,
+    load_checkpoint,
+)
 from dlforge.compress.stage import compress_stage
+from dlforge.config import DlforgeError
 from dlforge.data import DataBundle, load_data
 from dlforge.deploy.stages import bench_stage, quantize_stage
 from dlforge.environment import environment
@@ -25,18 +38,44 @@ from dlforge.evaluate import evaluate_model
 from dlforge.models import create_model
 from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 from dlforge.report import write_report
-from dlforge.train import (
-    CheckpointError,
-    Trainer,
-    atomic_write_json,
-    atomic_write_text,
-    load_weights,
-    read_meta,
-    seed_everything,
-)
+from dlforge.train import Trainer, atomic_write_json, atomic_write_text, seed_everything
+from dlforge.train.checkpoint import remove_stray_temps
+from dlforge.train.trainer import state_path
 
 log = logging.getLogger("dlforge")
-CHECKPOINT_FORMAT = "dlforge-checkpoint/1"
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RunResult",
+    "StageError",
+    "bench_checkpoint",
+    "compress_checkpoint",
+    "evaluate_checkpoint",
+    "load_checkpoint",
+    "quantize_checkpoint",
+    "run",
+    "train",
+    "train_stage",
+]
+
+
+class StageError(DlforgeError):
+    """A stage failed after the run started; what earlier stages wrote is kept."""
+
+    def __init__(self, stage: str, cause: BaseException, where: Path | None = None) -> None:
+        self.stage, self.cause = stage, cause
+        kept = f" (earlier results kept in {where})" if where is not None else ""
+        super().__init__(f"stage '{stage}' failed: {_describe(cause)}{kept}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the library put in its message
+    return text if isinstance(exc, DlforgeError) else f"{type(exc).__name__}: {text}"
+
+
+def stage_failure(exc: BaseException) -> dict[str, Any]:
+    """What ``metrics.json`` and the report show for a failed stage."""
+    return {"error": {"type": type(exc).__name__, "message": " ".join(str(exc).split())}}
 
 
 @dataclass
@@ -51,26 +90,86 @@ class RunResult:
         return self.run_dir / "report.html"
 
 
-def checkpoint_meta(recipe: Recipe, data: DataBundle, model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model and data without the recipe file."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": {
-            "name": recipe.model.name,
-            "kwargs": recipe.model.kwargs,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "parameters": count_parameters(model),
-        },
-        "class_names": data.class_names,
-        "preprocessing": data.preprocessing,
-        "recipe": recipe.to_dict(),
-        "environment": environment(),
-    }
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def prepare(recipe: Recipe) -> tuple[DataBundle, nn.Module]:
+    """Data and model: everything bad input can break, done before any file is written."""
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    model = create_model(
+        recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs
+    )
+    return data, model
+
+
+def train_stage(
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool = False,
+    prepared: tuple[DataBundle, nn.Module] | None = None,
+) -> tuple[Trainer, DataBundle, dict[str, Any], dict[str, float]]:
+    """Data, model and training; returns the trainer (its model holds the best weights), the data
+    and the result so far. A failure inside training is a ``StageError('train')``."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data, model = prepared or prepare(recipe)
+    t = _stage(timings, "data", t)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        model, recipe.train, out_dir=run_dir, meta=checkpoint_meta(recipe, data, model)
+    )
+    generator = torch.Generator().manual_seed(recipe.seed)
+    try:
+        trainer.fit(
+            data.loader("train", recipe.train.batch_size, shuffle=True, generator=generator),
+            data.loader("val", recipe.evaluate.batch_size),
+            resume=_resume_point(trainer) if resume else None,
+        )
+    except Exception as exc:
+        failed = _train_result(recipe, data, trainer) | {"train": _train_failure(trainer, exc)}
+        raise _TrainFailed(failed, exc) from exc
+    _stage(timings, "train", t)
+    return trainer, data, _train_result(recipe, data, trainer), timings
+
+
+class _TrainFailed(Exception):
+    """Carries the partial result of a failed training to ``run``/``train``."""
+
+    def __init__(self, result: dict[str, Any], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.result, self.cause = result, cause
+
+
+def _train_failure(trainer: Trainer, exc: BaseException) -> dict[str, Any]:
+    return trainer.history.to_dict() | stage_failure(exc)
+
+
+def _resume_point(trainer: Trainer) -> Path | None:
+    last = trainer.checkpoint_path("last")
+    assert last is not None
+    if state_path(last).exists():
+        return last
+    # A run killed before its first checkpoint has nothing to resume: it starts over.
+    trainer.history.events.append(f"nothing to resume in {last.parent}: started from scratch")
+    log.warning(trainer.history.events[-1])
+    return None
+
+
+def _train_result(recipe: Recipe, data: DataBundle, trainer: Trainer) -> dict[str, Any]:
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "recipe": recipe.to_dict(),
+        "data": {"source": recipe.data.source, **data.summary()},
+        "model": {
+            "name": recipe.model.name,
+            "parameters": count_parameters(trainer.model),
+            "checkpoint": str(trainer.checkpoint_path("best")),
+        },
+        "train": trainer.history.to_dict(),
+        "environment": environment(),
+    }
 
 
 def _stage(timings: dict[str, float], name: str, start: float) -> float:
@@ -79,119 +178,146 @@ def _stage(timings: dict[str, float], name: str, start: float) -> float:
     return now
 
 
-def train_stage(
-    recipe: Recipe, run_dir: Path, resume: bool = False
-) -> tuple[nn.Module, DataBundle, dict[str, Any], dict[str, float]]:
-    """Data, model and training; returns the trained model (best weights) and the result so far."""
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    seed_everything(recipe.seed)
-    data = load_data(recipe.data, recipe.seed)
-    t = _stage(timings, "data", t)
-    model = create_model(
-        recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs
-    )
-    meta = checkpoint_meta(recipe, data, model)
-    trainer = Trainer(model, recipe.train, out_dir=run_dir, meta=meta)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    resume_from = None
-    if resume:
-        resume_from = trainer.checkpoint_path("last")
-        if resume_from is None or not resume_from.exists():
-            raise CheckpointError(f"--resume: no checkpoint to resume from at {resume_from}")
-    history = trainer.fit(
-        data.loader("train", recipe.train.batch_size, shuffle=True, generator=generator),
-        data.loader("val", recipe.evaluate.batch_size),
-        resume=resume_from,
-    )
-    _stage(timings, "train", t)
-    result = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "recipe": recipe.to_dict(),
-        "data": {"source": recipe.data.source, **data.summary()},
-        "model": {
-            "name": recipe.model.name,
-            "parameters": count_parameters(model),
-            "checkpoint": str(trainer.checkpoint_path("best")),
-        },
-        "train": history.to_dict(),
-        "environment": environment(),
-    }
-    return trainer.model, data, result, timings
+def _open_run_dir(recipe: Recipe) -> Path:
+    run_dir = Path(recipe.output_dir) / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for p in remove_stray_temps(run_dir):
+        log.info("removed %s, left by an interrupted write", p)
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    return run_dir
+
+
+def _write_results(run_dir: Path, result: dict[str, Any], report: bool) -> None:
+    atomic_write_json(run_dir / "metrics.json", result)
+    if report:
+        write_report(run_dir)
 
 
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
     """Run every stage the recipe asks for and write the run folder."""
-    run_dir = Path(recipe.output_dir) / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    prepared = prepare(recipe)  # bad input fails here, before the run folder exists
+    run_dir = _open_run_dir(recipe)
     start = time.perf_counter()
-    model, data, result, timings = train_stage(recipe, run_dir, resume)
-    t = time.perf_counter()
-    result["evaluate"] = evaluate_model(
-        model,
-        data.loader(recipe.evaluate.split, recipe.evaluate.batch_size),
-        data.class_names,
-        recipe.evaluate,
-        device=next(model.parameters()).device,
-        seed=recipe.seed,
-    )
-    t = _stage(timings, "evaluate", t)
-    deploy_dir = run_dir / "deploy"
-    if recipe.compress.enabled:
-        result["compress"] = compress_stage(
-            model,
-            data,
-            recipe.compress,
-            run_dir / "compress",
-            recipe.model.name,
-            recipe.model.kwargs,
-        )
-        t = _stage(timings, "compress", t)
-    if recipe.quantize.enabled:
-        result["quantize"] = quantize_stage(model, data, recipe.quantize, deploy_dir)
-        t = _stage(timings, "quantize", t)
-    if recipe.bench.enabled:
-        files = result["quantize"]["files"] if "quantize" in result else {}
-        result["bench"] = bench_stage(model, data, recipe.bench, files)
-        t = _stage(timings, "bench", t)
+    try:
+        trainer, data, result, timings = train_stage(recipe, run_dir, resume, prepared)
+    except _TrainFailed as failed:
+        _write_results(run_dir, failed.result, recipe.report.enabled)
+        raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
+    model = trainer.model
+    failure: StageError | None = None
+    for name, stage in _later_stages(recipe, run_dir, model, data, result):
+        t = time.perf_counter()
+        try:
+            result[name] = stage()
+        except Exception as exc:
+            log.debug("stage %s failed", name, exc_info=True)
+            result[name] = stage_failure(exc)
+            failure = StageError(name, exc, run_dir / "metrics.json")
+            failure.__cause__ = exc
+            break
+        finally:
+            _stage(timings, name, t)
     timings["total"] = round(time.perf_counter() - start, 3)
     result["timings"] = timings
-    atomic_write_json(run_dir / "metrics.json", result)
-    if recipe.report.enabled:
-        write_report(run_dir)
-        timings["report"] = round(time.perf_counter() - t, 3)
-        atomic_write_json(run_dir / "metrics.json", result)
+    _write_results(run_dir, result, recipe.report.enabled)
+    if failure is not None:
+        raise failure
     return RunResult(run_dir=run_dir, metrics=result, model=model, data=data)
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from a checkpoint's own metadata and load its weights."""
-    meta = read_meta(path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path}: unknown format {meta.get('format')!r}")
-    m = meta["model"]
-    model = create_model(m["name"], m["input_shape"], m["num_classes"], **m["kwargs"])
-    load_weights(path, model)
-    return model.eval(), meta
+def _later_stages(
+    recipe: Recipe, run_dir: Path, model: nn.Module, data: DataBundle, result: dict[str, Any]
+) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    """The stages after training that the recipe enables, in order (each reads what the earlier
+    ones put in ``result``)."""
+
+    def evaluate() -> dict[str, Any]:
+        return evaluate_model(
+            model,
+            data.loader(recipe.evaluate.split, recipe.evaluate.batch_size),
+            data.class_names,
+            recipe.evaluate,
+            device=next(model.parameters()).device,
+            seed=recipe.seed,
+        )
+
+    def compress() -> dict[str, Any]:
+        return compress_stage(
+            model, data, recipe.compress, run_dir / "compress", recipe.model.name,
+            recipe.model.kwargs,
+        )  # fmt: skip
+
+    def quantize() -> dict[str, Any]:
+        return quantize_stage(model, data, recipe.quantize, run_dir / "deploy")
+
+    def bench() -> dict[str, Any]:
+        return bench_stage(model, data, recipe.bench, result.get("quantize", {}).get("files", {}))
+
+    stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [("evaluate", evaluate)]
+    if recipe.compress.enabled:
+        stages.append(("compress", compress))
+    if recipe.quantize.enabled:
+        stages.append(("quantize", quantize))
+    if recipe.bench.enabled:
+        stages.append(("bench", bench))
+    return stages
+
+
+def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
+    """Data and training only (``dlforge train``); returns what it wrote to ``metrics.json``.
+
+    Sections of later stages (evaluate, compress, ...) already in ``metrics.json`` are kept when
+    the weights they describe did not change (``--resume`` on a finished run); when training
+    went on, they no longer describe the model and are dropped.
+    """
+    prepared = prepare(recipe)
+    run_dir = _open_run_dir(recipe)
+    try:
+        trainer, _, result, timings = train_stage(recipe, run_dir, resume, prepared)
+    except _TrainFailed as failed:
+        _write_results(run_dir, failed.result, False)
+        raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
+    result["timings"] = timings
+    metrics_path = run_dir / "metrics.json"
+    if resume and trainer.steps_this_fit == 0 and metrics_path.exists():
+        try:
+            before = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            before = {}
+        result = before | {k: v for k, v in result.items() if k not in ("timings", "created")}
+    atomic_write_json(metrics_path, result)
+    if (run_dir / "report.html").exists():
+        write_report(run_dir)
+    return result
+
+
+# --- commands on a checkpoint ------------------------------------------------------------
 
 
 def evaluate_checkpoint(
-    path: str | Path, split: str = "test", data_path: str | None = None
+    path: str | Path,
+    split: str = "test",
+    data_path: str | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the data its recipe names (or the same source at ``data_path``)."""
-    model, meta = load_checkpoint(path)
-    recipe = recipe_from_dict(meta["recipe"])
+    model, meta = load_checkpoint(path, trust_code)
+    overrides = [f"evaluate.split={split}"]
+    recipe = checkpoint_recipe(path, meta, overrides)
     if data_path is not None:
         recipe.data.path = data_path
     # Normalise with the statistics stored at training time, not ones refitted on this data.
-    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
-    if list(data.input_shape) != meta["model"]["input_shape"]:
-        raise CheckpointError(
-            f"checkpoint {path} expects inputs {meta['model']['input_shape']}, "
+    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    if list(data.input_shape) != meta.model.input_shape:
+        raise DlforgeError(
+            f"checkpoint {path} expects inputs {meta.model.input_shape}, "
             f"the data has {list(data.input_shape)}"
         )
-    recipe.evaluate.split = split
+    if data.num_classes != meta.model.num_classes:
+        raise DlforgeError(
+            f"checkpoint {path} has {meta.model.num_classes} classes, "
+            f"the data has {data.num_classes}"
+        )
     result = evaluate_model(
         model,
         data.loader(split, recipe.evaluate.batch_size),
@@ -203,50 +329,82 @@ def evaluate_checkpoint(
     return result
 
 
+def _run_dir_of(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).resolve().parent.parent
+
+
+def _guarded(
+    stage: str, checkpoint: str | Path, work: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one stage on a checkpoint; on failure record it in the run folder, then raise."""
+    try:
+        return work()
+    except Exception as exc:
+        _merge_into_run(checkpoint, {stage: stage_failure(exc)})
+        raise StageError(stage, exc) from exc
+
+
 def quantize_checkpoint(
-    path: str | Path, overrides: list[str], out: str | None = None, bench: bool = False
+    path: str | Path,
+    overrides: list[str],
+    out: str | None = None,
+    bench: bool = False,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """PTQ (and optionally benchmark) a checkpoint with its own data; writes quantize.json."""
-    model, meta = load_checkpoint(path)
-    recipe = recipe_from_dict(meta["recipe"], ["quantize.enabled=true", *overrides])
-    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
-    out_dir = Path(out) if out else Path(path).resolve().parent.parent / "deploy"
+    model, meta = load_checkpoint(path, trust_code)
+    recipe = checkpoint_recipe(path, meta, ["quantize.enabled=true", *overrides])
+    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    out_dir = Path(out) if out else _run_dir_of(path) / "deploy"
     result: dict[str, Any] = {"checkpoint": str(path)}
-    result["quantize"] = quantize_stage(model, data, recipe.quantize, out_dir)
+    result["quantize"] = _guarded(
+        "quantize", path, lambda: quantize_stage(model, data, recipe.quantize, out_dir)
+    )
     if bench:
-        result["bench"] = bench_stage(model, data, recipe.bench, result["quantize"]["files"])
+        files = result["quantize"]["files"]
+        result["bench"] = _guarded(
+            "bench", path, lambda: bench_stage(model, data, recipe.bench, files)
+        )
     atomic_write_json(out_dir / "quantize.json", result)
     _merge_into_run(path, {k: v for k, v in result.items() if k in ("quantize", "bench")})
     return result
 
 
 def bench_checkpoint(
-    path: str | Path, onnx_files: list[str] | None, overrides: list[str]
+    path: str | Path,
+    onnx_files: list[str] | None,
+    overrides: list[str],
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Benchmark a checkpoint's eager model against ONNX files (default: the run's deploy/)."""
-    model, meta = load_checkpoint(path)
-    recipe = recipe_from_dict(meta["recipe"], ["bench.enabled=true", *overrides])
-    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
+    from dlforge.deploy.runtime import check_onnx_file
+
+    model, meta = load_checkpoint(path, trust_code)
+    recipe = checkpoint_recipe(path, meta, ["bench.enabled=true", *overrides])
     if onnx_files is None:
-        onnx_files = sorted(
-            str(p) for p in (Path(path).resolve().parent.parent / "deploy").glob("*.onnx")
-        )
-    missing = [f for f in onnx_files if not Path(f).exists()]
-    if missing:
-        raise FileNotFoundError(f"ONNX files not found: {missing}")
+        onnx_files = sorted(str(p) for p in (_run_dir_of(path) / "deploy").glob("*.onnx"))
+    for f in onnx_files:
+        check_onnx_file(f)
+    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
     files = {Path(f).stem: f for f in onnx_files}
-    result = bench_stage(model, data, recipe.bench, files)
+    result = _guarded("bench", path, lambda: bench_stage(model, data, recipe.bench, files))
     _merge_into_run(path, {"bench": result})
     return result
 
 
 def _merge_into_run(checkpoint: str | Path, parts: dict[str, Any]) -> None:
     """When the checkpoint sits in a run folder, add ``parts`` to its metrics and report."""
-    run_dir = Path(checkpoint).resolve().parent.parent
+    run_dir = _run_dir_of(checkpoint)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         return
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s is unreadable: results not merged into it", metrics_path)
+        return
+    if not isinstance(metrics, dict):
+        return
     metrics.update(parts)
     atomic_write_json(metrics_path, metrics)
     if (run_dir / "report.html").exists():
@@ -254,19 +412,22 @@ def _merge_into_run(checkpoint: str | Path, parts: dict[str, Any]) -> None:
 
 
 def compress_checkpoint(
-    path: str | Path, recipe_path: str | None, overrides: list[str]
+    path: str | Path, recipe_path: str | None, overrides: list[str], trust_code: bool = False
 ) -> dict[str, Any]:
     """Run the compress stage of ``recipe_path`` (or the checkpoint's own recipe) on a checkpoint."""
-    model, meta = load_checkpoint(path)
-    base = recipe_from_dict(meta["recipe"])
+    model, meta = load_checkpoint(path, trust_code)
+    base = checkpoint_recipe(path, meta)
     if recipe_path is not None:
-        section = load_recipe(recipe_path).compress
-        base.compress = section
+        base.compress = load_recipe(recipe_path).compress
     recipe = recipe_from_dict(base.to_dict(), ["compress.enabled=true", *overrides])
-    data = load_data(recipe.data, recipe.seed, normalizer=meta["preprocessing"].get("normalize"))
-    out_dir = Path(path).resolve().parent.parent / "compress"
-    result = compress_stage(
-        model, data, recipe.compress, out_dir, recipe.model.name, recipe.model.kwargs
+    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    out_dir = _run_dir_of(path) / "compress"
+    result = _guarded(
+        "compress",
+        path,
+        lambda: compress_stage(
+            model, data, recipe.compress, out_dir, recipe.model.name, recipe.model.kwargs
+        ),
     )
     atomic_write_json(out_dir / "compress.json", result)
     _merge_into_run(path, {"compress": result})

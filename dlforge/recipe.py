@@ -77,10 +77,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
+        if not p.is_file():
             raise ConfigError(f"recipe not found: {p}")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"recipe {p} cannot be read as text ({exc})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {p} is not valid YAML: {exc}") from None
         if loaded is None:

@@ -136,7 +136,7 @@ def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert "model_int8 (ONNX Runtime)" in capsys.readouterr().out
     assert main(["bench", ckpt, "--onnx", str(tmp_path / "none.onnx")]) == 2
-    assert "ONNX files not found" in capsys.readouterr().err
+    assert "ONNX file not found" in capsys.readouterr().err
 
 
 def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:

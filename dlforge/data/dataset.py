@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from dlforge.config import DlforgeError
 
-class DataError(ValueError):
+
+class DataError(DlforgeError, ValueError):
     """Bad input data; the message names the file, key, column, row or shape at fault."""
 
 

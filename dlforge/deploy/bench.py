@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dlforge.config import Config, check
+from dlforge.deploy.runtime import open_session
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -72,7 +73,7 @@ def ort_runner(path: str | Path, threads: int) -> Runner:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, options)
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -44,8 +44,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_import_path(name: str) -> bool:
+    """``package.module:function`` names a factory outside the registry (importing runs code)."""
+    return ":" in name
+
+
 def resolve_factory(name: str) -> ModelFactory:
-    if ":" in name:
+    if is_import_path(name):
         module_name, _, attr = name.partition(":")
         try:
             module = importlib.import_module(module_name)

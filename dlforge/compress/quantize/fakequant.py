@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dlforge.config import Config, check
 from dlforge.compress.quantize.fold import BN_TYPES, fold_batch_norm, fold_into, trace
 from dlforge.compress.quantize.observers import Observer, make_observer
 from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
+from dlforge.config import Config, check
 
 QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 RELU_FUNCS = (F.relu, torch.relu)
