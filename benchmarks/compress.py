@@ -134,16 +134,25 @@ def main() -> None:
         print(f"\n## {name} ({args.seeds} seeds; ONNX Runtime, 2 threads)\n")
         print(table(rows))
         account = runs[0]["notes"]["deep_compression"]["account"]
-        print(f"\nDeep Compression file, seed 0 ({account['compressed_bytes']} bytes):\n")
+        print(
+            f"\nDeep Compression file, seed 0: {account['file_bytes']} bytes "
+            f"({account['file_ratio']:.1f}x against fp32); the theoretical account "
+            f"{account['account_bytes']} bytes ({account['account_ratio']:.1f}x):\n"
+        )
         keep = ("layer", "params", "entries", "code_bytes", "index_bytes", "codebook_bytes")
-        layers = [
-            {k: r[k] for k in (*keep, "table_bytes", "compressed_bytes")} for r in account["layers"]
-        ]
+        extra = ("table_bytes", "overhead_bytes", "file_bytes", "account_bytes")
+        layers = [{k: r[k] for k in (*keep, *extra)} for r in account["layers"]]
+        dense = account["dense_bytes"]
         print(
             table(
                 [
                     *layers,
-                    {"layer": "dense tensors (biases)", "compressed_bytes": account["dense_bytes"]},
+                    {
+                        "layer": "dense tensors (biases)",
+                        "file_bytes": dense + account["dense_overhead_bytes"],
+                        "account_bytes": dense,
+                    },
+                    {"layer": "header, counts, checksum", "file_bytes": account["header_bytes"]},
                 ]
             )
         )

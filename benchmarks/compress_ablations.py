@@ -211,7 +211,7 @@ def sparsity_cost(name: str, seeds: int, tmp: Path) -> list[dict[str, Any]]:
             with torch.no_grad():
                 acc = float((dc.model(x).argmax(1) == y).float().mean())
             drops[target].append(100 * (base - acc))
-            ratios[target].append(onnx_bytes / dc.account["compressed_bytes"])
+            ratios[target].append(onnx_bytes / dc.account["file_bytes"])
     return [
         {
             "model": name,

@@ -221,7 +221,7 @@ def compress_stage(
                 "factorised_params_after": sum(result.params_after.values()),
             }
         elif technique == "deep_compression":
-            path = out_dir / "model.dc.safetensors"
+            path = out_dir / "model.dc"
             dc = deep_compression(
                 work,
                 data.loader("train", cfg.batch_size, True, torch.Generator().manual_seed(0)),
@@ -295,7 +295,7 @@ def _measure(
         path = export_onnx(model, example, out_dir / f"{name}.onnx")
         total, nonzero = _count(model)
         macs = count_macs(model, example)
-        stored = notes.get(name, {}).get("account", {}).get("compressed_bytes")
+        stored = notes.get(name, {}).get("account", {}).get("file_bytes")
         rows.append(
             {
                 "variant": name,
