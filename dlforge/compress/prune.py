@@ -143,18 +143,24 @@ def sparsity(model: nn.Module) -> dict[str, Any]:
 
 
 def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:
-    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3."""
-    if step <= start:
-        return initial
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3; ``final``
+    from ``end`` on (also when ``start == end``: prune at once)."""
     if step >= end:
         return final
+    if step <= start:
+        return initial
     progress = (step - start) / (end - start)
     return final + (initial - final) * (1 - progress) ** 3
 
 
 class GradualPruner:
     """Raise global sparsity on the cubic schedule at the start of each epoch; plug it into
-    ``Trainer(..., on_train_epoch_start=GradualPruner(...))``."""
+    ``Trainer(..., on_train_epoch_start=GradualPruner(...))``.
+
+    The schedule reaches ``final`` at the start of epoch ``end_epoch``. Before that the model is
+    less pruned than asked, so ``best_eligible`` tells the Trainer not to keep those epochs as
+    its best weights: restoring the best then returns a model at the scheduled sparsity.
+    """
 
     def __init__(
         self,
@@ -165,8 +171,13 @@ class GradualPruner:
         layers: list[str] | None = None,
         scope: Literal["global", "layer"] = "global",
     ) -> None:
-        if not start_epoch < end_epoch:
-            raise ValueError("gradual pruning needs start_epoch < end_epoch")
+        if not 0 <= start_epoch <= end_epoch:
+            raise ValueError(
+                f"gradual pruning needs 0 <= start_epoch <= end_epoch, got {start_epoch}, "
+                f"{end_epoch}"
+            )
+        if not 0 <= initial <= final < 1:
+            raise ValueError(f"needs 0 <= initial <= final < 1, got {initial}, {final}")
         self.final, self.start, self.end, self.initial = final, start_epoch, end_epoch, initial
         self.layers, self.scope = layers, scope
         self.history: list[tuple[int, float]] = []
@@ -180,7 +191,13 @@ class GradualPruner:
         measured the same within the seeds' spread (benchmarks/compress_ablations.py)."""
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
-        return cls(final, start_epoch=0, end_epoch=max(1, round(share * epochs)), **kw)
+        # The last epoch at the latest trains at the final sparsity.
+        end = min(max(1, round(share * epochs)), epochs - 1)
+        return cls(final, start_epoch=0, end_epoch=max(end, 0), **kw)
+
+    def best_eligible(self, epoch: int) -> bool:
+        """Whether the model trained in ``epoch`` was at the final sparsity."""
+        return epoch >= self.end
 
     def __call__(self, epoch: int, model: nn.Module) -> None:
         target = cubic_sparsity(epoch, self.start, self.end, self.final, self.initial)

@@ -46,7 +46,15 @@ def load_data(cfg: DataConfig, seed: int = 0, normalizer: dict | None = None) ->
     ``normalizer`` (a checkpoint's stored statistics) is applied instead of refitting.
     """
     raw = read_source(cfg, seed)
-    where = f"data source '{cfg.source}'"
+    where = f"data source '{cfg.source}'" + (f" at {cfg.path}" if cfg.path else "")
+    present = np.unique(raw.y)
+    if len(present) < 2:
+        raise DataError(
+            f"{where}: every sample has class {raw.class_names[int(present[0])]!r} "
+            "(a classifier needs at least two)"
+            if len(present)
+            else f"{where}: no samples"
+        )
     x = check_features(raw.x, where)
     if raw.x_test is not None and raw.y_test is not None:
         x_test, y_test = check_features(raw.x_test, where + " (test split)"), raw.y_test

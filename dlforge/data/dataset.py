@@ -87,6 +87,11 @@ def encode_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, list[str]
             raise DataError(f"{where}: labels must be class ids, got non-integer values")
         labels = labels.astype(np.int64)
     classes, codes = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"{where}: every sample has the label {classes[0]!r}; a classifier needs at least "
+            "two classes"
+        )
     return codes.astype(np.int64), [str(c) for c in classes]
 
 

@@ -42,6 +42,11 @@ def image_folder(path: str | Path, size: tuple[int, int], mode: str = "RGB") -> 
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"image folder {root} has no class sub-folders (expected root/<class>/*)")
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"image folder {root} has a single class folder '{class_dirs[0].name}'; a classifier "
+            "needs at least two (one sub-folder per class)"
+        )
     xs: list[np.ndarray] = []
     ys: list[int] = []
     h, w = size
@@ -84,6 +89,8 @@ def table(path: str | Path, label_column: str, feature_columns: list[str] | None
     except Exception as exc:  # pandas and pyarrow raise many types for a broken file
         raise DataError(f"table file {p} could not be read: {exc}") from None
     columns = [str(c) for c in df.columns]
+    if len(df) == 0:
+        raise DataError(f"table file {p} has no rows (columns: {columns})")
     if label_column not in columns:
         close = difflib.get_close_matches(label_column, columns, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
