@@ -187,8 +187,9 @@ def test_a_model_with_nothing_to_prune_names_why() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.cat([self.a(x), self.b(x)], 1)
 
-    with pytest.raises(ValueError, match=r"Concat can be pruned.*a: used by call_function"):
+    with pytest.raises(ValueError, match=r"Concat can be pruned.*a: used by torch\.cat") as info:
         prune_channels(Concat(), torch.randn(1, 1, 6, 6))
+    assert " at 0x" not in str(info.value)  # names the op, never an object's address
 
 
 def test_user_model_with_a_functional_residual_is_pruned_exactly() -> None:

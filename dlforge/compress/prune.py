@@ -132,14 +132,48 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 def sparsity(model: nn.Module) -> dict[str, Any]:
-    """Zero fraction per conv/linear weight, and over all of them."""
+    """Zero shares: of the prunable weights (what pruning ranks), per layer and overall
+    (``global``), and of every parameter the model has (``all_parameters``).
+
+    ``left_out`` names the weight matrices pruning does not touch (recurrent weights, attention
+    ``in_proj_weight``, embeddings): for a GRU + attention model a ``global`` of 0.9 can mean
+    that only a tenth of the model's weights are zero, and the figure must say so.
+    """
     per_layer, zeros, total = {}, 0, 0
     for name, m in prunable_layers(model).items():
         w = effective_weight(m)
         z = int((w == 0).sum())
         per_layer[name] = z / w.numel()
         zeros, total = zeros + z, total + w.numel()
-    return {"global": zeros / total, "layers": per_layer}
+    tensors = effective_parameters(model)
+    all_zeros = sum(int((t == 0).sum()) for t in tensors.values())
+    all_total = sum(t.numel() for t in tensors.values())
+    counted = {f"{n}.weight" for n in per_layer}
+    left_out = [n for n, t in tensors.items() if t.dim() >= 2 and n not in counted]
+    return {
+        "global": zeros / total,
+        "layers": per_layer,
+        "all_parameters": all_zeros / max(all_total, 1),
+        "left_out": left_out,
+    }
+
+
+def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter by its plain name, with masks applied (``conv.weight``, not
+    ``conv.parametrizations.weight.original``); shared tensors once."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[prefix + pname] = p.detach()
+        if parametrize.is_parametrized(module):
+            for tname, plist in module.parametrizations.items():
+                seen.update(id(q) for q in plist.parameters())
+                out[prefix + tname] = getattr(module, tname).detach()
+    return out
 
 
 def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:

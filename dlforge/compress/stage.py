@@ -10,6 +10,7 @@ speed up dense kernels.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,8 @@ from dlforge.data import DataBundle
 from dlforge.deploy.bench import BenchConfig, Variant, add_ratios, benchmark, ort_runner
 from dlforge.deploy.export import export_onnx
 from dlforge.deploy.stages import plain_copy
+
+log = logging.getLogger("dlforge.compress")
 
 Technique = Literal["prune", "structured", "lowrank", "deep_compression", "distill"]
 
@@ -184,7 +187,17 @@ def compress_stage(
             )
             _train(work, data, cfg.prune.epochs, cfg, cfg.prune.lr, on_train_epoch_start=pruner)
             make_permanent(work)
-            notes["prune"] = {"sparsity": sparsity(work)["global"]}
+            share = sparsity(work)
+            notes["prune"] = {k: share[k] for k in ("global", "all_parameters", "left_out")}
+            notes["prune"]["sparsity"] = share["global"]
+            if share["left_out"]:
+                log.warning(
+                    "prune: %.1f%% of the conv/linear weights are zero but only %.1f%% of all "
+                    "parameters; not pruned: %s",
+                    100 * share["global"],
+                    100 * share["all_parameters"],
+                    ", ".join(share["left_out"]),
+                )
         elif technique == "structured":
             plan = ChannelPrune(
                 cfg.structured.amount,
@@ -193,6 +206,12 @@ def compress_stage(
                 cfg.structured.round_to,
             )
             surgery = prune_channels(work, example, plan)
+            if surgery.macs_removed <= 0:
+                # Nothing was cut: a row of the same model would read as a result.
+                notes["structured"] = {"skipped": "no channel could be removed",
+                                       "pinned": surgery.pinned}  # fmt: skip
+                log.warning("structured: nothing removed, no row reported (%s)", surgery.pinned)
+                continue
             work = surgery.model
             if cfg.structured.epochs:
                 _train(work, data, cfg.structured.epochs, cfg, cfg.structured.lr)
@@ -200,6 +219,8 @@ def compress_stage(
                 "kept": surgery.kept,
                 "removed": surgery.removed,
                 "pinned": surgery.pinned,
+                "macs_removed": surgery.macs_removed,
+                "macs_target": cfg.structured.macs_removed,
             }
         elif technique == "lowrank":
             # The first layer (few input channels) and the classifier (few outputs) gain little

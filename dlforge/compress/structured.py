@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -82,6 +83,13 @@ class StructuredResult:
     kept: dict[str, int]  # a space (named by its first producer) -> channels kept
     removed: dict[str, int]
     pinned: dict[str, str]
+    macs_before: int = 0
+    macs_after: int = 0
+
+    @property
+    def macs_removed(self) -> float:
+        """The share of conv/linear multiply-accumulates the surgery removed."""
+        return 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
 
 
 class _UnionFind:
@@ -213,9 +221,25 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> dict[int, Channel
             flat_factor[node] = spatial  # the next linear sees channel * spatial features
         else:
             for arg in inputs:
-                pin(arg, f"used by {node.op} {node.target}")
+                pin(arg, f"used by {_op_name(node, modules)}")
             space_of[node] = None
     return {sid: s for sid, s in spaces.items() if uf.find(sid) == sid}
+
+
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A readable name for what a node calls (never an object's repr with its address)."""
+    if node.op == "call_module":
+        return f"module {node.target} ({type(modules[str(node.target)]).__name__})"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    target = node.target
+    name = getattr(target, "__name__", None)
+    if name is None:
+        return type(target).__name__
+    for prefix, namespace in (("torch", torch), ("F", F), ("operator", operator)):
+        if getattr(namespace, name, None) is target:
+            return f"{prefix}.{name}"
+    return f"{getattr(target, '__module__', None) or '?'}.{name}"
 
 
 def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -284,19 +308,36 @@ def prune_channels(
     if not scores:
         reasons = "; ".join(f"{_space_name(s)}: {s.pinned}" for s in spaces.values())
         raise ValueError(f"no channels of {type(model).__name__} can be pruned ({reasons})")
+    full = count_macs(model, example)
     if cfg.macs_removed is None:
-        return _cut(model, spaces, scores, cfg.amount, cfg.round_to)
+        result = _cut(model, spaces, scores, cfg.amount, cfg.round_to)
+        result.macs_before, result.macs_after = full, count_macs(result.model, example)
+        return result
     # A scan, not a bisection: with round_to the removed share moves in steps, and the first
     # amount past the target can overshoot far (ResNet-20 at multiples of 16: 47% or 53%).
-    full = count_macs(model, example)
     best: tuple[float, StructuredResult] | None = None
     for step in range(1, 39):  # amounts 0.025 .. 0.95; ties keep the smaller amount
         result = _cut(model, spaces, scores, step / 40, cfg.round_to)
-        miss = abs(1 - count_macs(result.model, example) / full - cfg.macs_removed)
+        result.macs_before, result.macs_after = full, count_macs(result.model, example)
+        miss = abs(result.macs_removed - cfg.macs_removed)
         if best is None or miss < best[0] - 1e-9:
             best = (miss, result)
     assert best is not None
+    if best[0] > MAC_TARGET_TOLERANCE:
+        warnings.warn(_missed_target(cfg.macs_removed, best[1], cfg.round_to), stacklevel=2)
     return best[1]
+
+
+MAC_TARGET_TOLERANCE = 0.05  # a MAC target missed by more than this is reported
+
+
+def _missed_target(target: float, result: StructuredResult, round_to: int) -> str:
+    pinned = "; ".join(f"{k}: {v}" for k, v in list(result.pinned.items())[:4])
+    blocks = f" with channels in multiples of {round_to}" if round_to > 1 else ""
+    return (
+        f"MAC target of {target:.0%} cannot be reached{blocks}: the closest cut removes "
+        f"{result.macs_removed:.1%} of the MACs" + (f" (kept whole: {pinned})" if pinned else "")
+    )
 
 
 def _space_name(space: ChannelSpace) -> str:

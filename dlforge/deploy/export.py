@@ -78,17 +78,25 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             continue
         x, scale, zp = (consts[n] for n in node.input[:3])
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        shape = [1] * x.ndim
-        if scale.ndim == 1 and x.ndim > 0:
-            shape[axis] = -1
-        q = np.round(x / scale.reshape(shape)) + zp.reshape(shape).astype(np.float64)
-        info = np.iinfo(zp.dtype)
-        q = np.clip(q, info.min, info.max).astype(zp.dtype)
+        q = quantize_codes(x, scale, zp, axis)
         graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
         graph.node.remove(node)
         folded += 1
     _drop_unused(graph)
     return folded
+
+
+def quantize_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np.ndarray:
+    """The integer codes PyTorch's fake-quantize kernels compute: round(x * (1/scale)) + zp in
+    float32, half to even. Dividing instead (x / scale) lands one code apart on ties, and the
+    exported weights would then differ from the calibrated model's."""
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and x.ndim > 0:
+        shape[axis] = -1
+    inv = np.float32(1.0) / scale.astype(np.float32).reshape(shape)
+    q = np.round(x.astype(np.float32) * inv) + zp.reshape(shape).astype(np.float32)
+    info = np.iinfo(zp.dtype)
+    return np.clip(q, info.min, info.max).astype(zp.dtype)
 
 
 def drop_relu_before_quantize(model: onnx.ModelProto) -> int:

@@ -196,7 +196,39 @@ def _compress_section(cz: dict[str, Any], notes: list[str]) -> list[str]:
         )
     )
     parts.append(f"<p>{html.escape(_sparsity_speed_note(cz['rows']))}</p>")
+    lines = _compress_notes(cz.get("notes", {}))
+    if lines:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
     return parts
+
+
+def _compress_notes(notes: dict[str, Any]) -> list[str]:
+    """What each technique's row does not show: what was counted, missed or left out."""
+    lines = []
+    prune = notes.get("prune", {})
+    if prune.get("left_out"):
+        lines.append(
+            f"Unstructured pruning: {prune['global']:.1%} of the conv/linear weights are zero, "
+            f"{prune['all_parameters']:.1%} of all parameters; not pruned: "
+            + ", ".join(prune["left_out"])
+        )
+    st = notes.get("structured", {})
+    if "skipped" in st:
+        lines.append(f"Structured pruning: no row, {st['skipped']} (kept whole: {st['pinned']})")
+    elif st.get("macs_target") is not None:
+        lines.append(
+            f"Structured pruning removed {st['macs_removed']:.1%} of the MACs "
+            f"(target {st['macs_target']:.0%})"
+        )
+    account = notes.get("deep_compression", {}).get("account")
+    if account:
+        lines.append(
+            f"Deep Compression file: {account['file_bytes']:,} bytes, {account['file_ratio']:.1f}x "
+            f"smaller than fp32 weights ({account['fp32_bytes']:,} bytes); the storage account "
+            f"without container overhead: {account['account_bytes']:,} bytes "
+            f"({account['account_ratio']:.1f}x)"
+        )
+    return lines
 
 
 def _quantize_section(qz: dict[str, Any], notes: list[str]) -> list[str]:
