@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dlforge.pipeline import run
 from dlforge.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 25 s on 2 cores (minutes on slower machines); CI runs it separately
 def test_mnist1d_cnn_recipe_beats_the_paper(tmp_path: Path) -> None:
     """Greydanus (2020) reports 94% for a CNN on MNIST-1D; the shipped recipe must reach it."""
     recipe = load_recipe(
