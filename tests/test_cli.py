@@ -194,3 +194,38 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     html = (tmp_path / "default/report.html").read_text()
     assert "data-figure='pareto'" in html and "zeros buy no speed" in html
     assert "the baseline&#x27;s ONNX Runtime throughput" in html  # with the measured figure
+
+
+def test_resume_of_a_finished_run_keeps_its_evaluation(tmp_path: Path) -> None:
+    assert main(["-q", "run", *quick(tmp_path, "train.epochs=2")]) == 0
+    metrics_path = tmp_path / "default/metrics.json"
+    before = json.loads(metrics_path.read_text())
+    assert main(["-q", "train", *quick(tmp_path, "train.epochs=2"), "--resume"]) == 0
+    after = json.loads(metrics_path.read_text())
+    assert after["evaluate"] == before["evaluate"]  # the weights did not change
+    assert "Metrics (test split" in (tmp_path / "default/report.html").read_text()
+    # Training further changes the weights: the old evaluation no longer describes them.
+    assert main(["-q", "train", *quick(tmp_path, "train.epochs=3"), "--resume"]) == 0
+    assert "evaluate" not in json.loads(metrics_path.read_text())
+
+
+def test_a_failed_stage_keeps_what_the_earlier_ones_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quantizing a model fx cannot trace fails in its own stage: training, evaluation and the
+    report stay, the error is recorded under "quantize", and the command says so in one line."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    extra = ["model={name: 'userzoo:branchy'}", "quantize.enabled=true", "bench.enabled=true"]
+    assert main(["run", *quick(tmp_path, *extra)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dlforge run: error: stage 'quantize' failed:")
+    assert "cannot trace" in err[0] and "Traceback" not in err[0]
+    metrics = json.loads((tmp_path / "default/metrics.json").read_text())
+    assert metrics["evaluate"]["summary"]["accuracy"] > 0.3
+    assert metrics["quantize"]["error"]["type"] == "QuantizationError"
+    assert "bench" not in metrics  # the stages after the failed one did not run
+    html = (tmp_path / "default/report.html").read_text()
+    assert "Quantization (int8): failed" in html and "Metrics (test split" in html
+    # --debug shows the traceback instead
+    with pytest.raises(Exception, match="cannot trace"):
+        main(["--debug", "run", *quick(tmp_path, *extra)])

@@ -120,3 +120,49 @@ def test_iterative_prune_reaches_the_target(digits) -> None:
         round(1 - 0.1 ** (2 / 3), 2),
         0.9,
     ]
+
+
+def test_gradual_pruning_with_validation_returns_the_scheduled_sparsity(small_cnn, digits) -> None:
+    """Best-weights restoring must not bring back a less-pruned epoch (here the unpruned model
+    had the best validation loss, and its state dict does not even have the mask keys)."""
+    model = copy.deepcopy(small_cnn)
+    pruner = GradualPruner(final=0.95, start_epoch=1, end_epoch=3)
+    cfg = TrainConfig(epochs=4, progress=False, optimizer=OptimizerConfig(lr=1e-4))
+    history = Trainer(model, cfg, on_train_epoch_start=pruner).fit(
+        digits.loader("train", 64, True, torch.Generator().manual_seed(0)),
+        digits.loader("val", 256),
+    )
+    assert sparsity(model)["global"] == pytest.approx(0.95, abs=1e-3)
+    assert history.best["epoch"] >= 4  # only epochs at the final sparsity could be the best
+
+
+def test_sparsity_names_the_weights_pruning_leaves_out() -> None:
+    class GruAttention(nn.Module):  # torch's own recurrent and attention layers
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.gru(x)
+            a, _ = self.attn(h, h, h)
+            return self.head(a.mean(1))
+
+    model = GruAttention()
+    magnitude_prune(model, MagnitudePrune(amount=0.9))
+    share = sparsity(model)
+    assert share["global"] == pytest.approx(0.9, abs=0.01)  # of the conv/linear weights
+    assert share["left_out"] == ["gru.weight_ih_l0", "gru.weight_hh_l0", "attn.in_proj_weight"]
+    # By hand: every parameter, the masked layers counted by their effective (masked) weight.
+    masked = {model.attn.out_proj.parametrizations.weight.original,
+              model.head.parametrizations.weight.original}  # fmt: skip
+    effective = [p.detach() for p in model.parameters() if p not in masked] + [
+        model.attn.out_proj.weight.detach(),
+        model.head.weight.detach(),
+    ]
+    zeros = sum(int((t == 0).sum()) for t in effective)
+    total = sum(t.numel() for t in effective)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert share["all_parameters"] == pytest.approx(zeros / total)
+    assert share["all_parameters"] < 0.2  # the honest figure for this model

@@ -138,3 +138,29 @@ def test_quantized_output_option(trained_cnn, digits) -> None:
     with torch.no_grad():
         quantized, free = with_out.model(x), plain.model(x)
     assert quantized.unique().numel() <= 256 < free.unique().numel()  # logits on a uint8 grid
+
+
+def test_exported_int8_weights_are_the_eager_codes_on_ties(tmp_path: Path) -> None:
+    """Weights exactly half a step between two codes: ONNX must hold the codes the calibrated
+    PyTorch model computes (x * (1/scale), half to even), not x / scale's."""
+    from dlforge.compress.quantize.qscheme import quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    plan = ptq(model, [torch.randn(32, 16)])
+    layer = plan.model.get_submodule("0")
+    scale = layer.scale.detach()  # per output channel, fixed after calibration
+    ties = (torch.arange(-60, 60, 8).float() + 0.5)[:15]  # 15 half-way points, one per column
+    with torch.no_grad():
+        w = layer.layer.weight
+        w[:, :15] = ties * scale[:, None]
+        w[:, 15] = 127 * scale  # keep each row's range, hence its scale
+    eager = quantize(w.detach(), scale, layer.zero_point, -127, 127, axis=0)
+    path = export_onnx(plan.model, torch.randn(1, 16), tmp_path / "ties.onnx")
+    weights = [
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(path).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
+    ]
+    assert len(weights) == 1
+    np.testing.assert_array_equal(weights[0], eager.numpy())

@@ -214,3 +214,26 @@ def test_user_model_with_a_functional_residual_is_pruned_exactly() -> None:
     assert small.conv1.out_channels == 5 and small.conv2.in_channels == 5
     assert small.head.in_features == 5
     torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreachable_mac_target_warns_with_the_share_removed() -> None:
+    class DepthwiseSeparable(nn.Module):  # the depthwise conv pins the first conv's channels
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.pw = nn.Conv2d(16, 64, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pw(self.dw(torch.relu(self.stem(x))))
+            return self.head(torch.flatten(self.pool(x), 1))
+
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"MAC target of 90% cannot be reached.*removes 6\d\.\d%"):
+        result = prune_channels(DepthwiseSeparable(), x, ChannelPrune(macs_removed=0.9))
+    assert result.pinned["stem"] == "grouped conv dw"
+    assert result.macs_removed == pytest.approx(
+        1 - count_macs(result.model, x) / result.macs_before
+    )
