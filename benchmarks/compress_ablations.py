@@ -10,7 +10,7 @@
 4. The distillation yardstick: the MNIST-1D half-width student trained alone and distilled,
    both at the fine-tuning rate (1e-3, the first setting) and at a from-scratch rate (3e-3).
 
-    python benchmarks/compress_ablations.py [--seeds 3]
+    python benchmarks/compress_ablations.py [--seeds 3] [--only widths deep_compression ...]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import logging
 import statistics
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import save, table
+from common import RESULTS, save, table
 from compress import SETTINGS
 from quantize import MODELS, data_for, train
 
@@ -224,41 +225,45 @@ def sparsity_cost(name: str, seeds: int, tmp: Path) -> list[dict[str, Any]]:
     ]
 
 
+PARTS = ("widths", "deep_compression", "schedules", "distill")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--only", nargs="*", choices=PARTS, default=list(PARTS), help="run only these ablations"
+    )
     args = ap.parse_args()
+    # A partial run updates its parts of the saved results and keeps the others.
+    saved = RESULTS / "compress_ablations.json"
+    out: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    out.pop("environment", None)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        speed = [row for name in MODELS for row in widths(name, tmp)]
-        print("\n## Channel widths and ONNX Runtime throughput (batch 64, 2 threads)\n")
-        print(table(speed))
-        cost = [
-            row
-            for name in ("digits_cnn", "mnist1d_cnn")
-            for row in sparsity_cost(name, args.seeds, tmp)
-        ]
-        print(f"\n## Deep Compression at 90% and 95% sparsity ({args.seeds} seeds)\n")
-        print(table(cost))
-    small = ("digits_cnn", "mnist1d_cnn")
-    schedules = [row for name in small for row in schedule_effect(name, args.seeds)]
-    print(
-        f"\n## The gradual-pruning schedule, 90% over {SETTINGS['prune']['epochs']} epochs ({args.seeds} seeds)\n"
-    )
-    print(table(schedules))
-    yardstick = distill_yardstick(args.seeds)
-    print(f"\n## Distillation yardstick, MNIST-1D half-width student ({args.seeds} seeds)\n")
-    print(table(yardstick))
-    save(
-        "compress_ablations",
-        {
-            "widths": speed,
-            "sparsity_cost": cost,
-            "schedules": schedules,
-            "distill_yardstick": yardstick,
-            "seeds": args.seeds,
-        },
-    )
+        if "widths" in args.only:
+            out["widths"] = [row for name in MODELS for row in widths(name, tmp)]
+            print("\n## Channel widths and ONNX Runtime throughput (batch 64, 2 threads)\n")
+            print(table(out["widths"]))
+        if "deep_compression" in args.only:
+            out["sparsity_cost"] = [
+                row
+                for name in ("digits_cnn", "mnist1d_cnn")
+                for row in sparsity_cost(name, args.seeds, tmp)
+            ]
+            print(f"\n## Deep Compression at 90% and 95% sparsity ({args.seeds} seeds)\n")
+            print(table(out["sparsity_cost"]))
+    if "schedules" in args.only:
+        small = ("digits_cnn", "mnist1d_cnn")
+        out["schedules"] = [row for name in small for row in schedule_effect(name, args.seeds)]
+        epochs = SETTINGS["prune"]["epochs"]
+        print(f"\n## The gradual-pruning schedule, 90% over {epochs} epochs ({args.seeds} seeds)\n")
+        print(table(out["schedules"]))
+    if "distill" in args.only:
+        out["distill_yardstick"] = distill_yardstick(args.seeds)
+        print(f"\n## Distillation yardstick, MNIST-1D half-width student ({args.seeds} seeds)\n")
+        print(table(out["distill_yardstick"]))
+    save("compress_ablations", {**out, "seeds": args.seeds})
 
 
 if __name__ == "__main__":

@@ -105,18 +105,10 @@ def prepare(recipe: Recipe) -> tuple[DataBundle, nn.Module]:
 
 
 def train_stage(
-    recipe: Recipe,
-    run_dir: Path,
-    resume: bool = False,
-    prepared: tuple[DataBundle, nn.Module] | None = None,
-) -> tuple[Trainer, DataBundle, dict[str, Any], dict[str, float]]:
-    """Data, model and training; returns the trainer (its model holds the best weights), the data
-    and the result so far. A failure inside training is a ``StageError('train')``."""
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    data, model = prepared or prepare(recipe)
-    t = _stage(timings, "data", t)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe: Recipe, run_dir: Path, data: DataBundle, model: nn.Module, resume: bool = False
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train ``model``; returns the trainer (its model holds the best weights) and the result so
+    far. A failure inside training raises ``_TrainFailed`` carrying the partial result."""
     trainer = Trainer(
         model, recipe.train, out_dir=run_dir, meta=checkpoint_meta(recipe, data, model)
     )
@@ -130,8 +122,7 @@ def train_stage(
     except Exception as exc:
         failed = _train_result(recipe, data, trainer) | {"train": _train_failure(trainer, exc)}
         raise _TrainFailed(failed, exc) from exc
-    _stage(timings, "train", t)
-    return trainer, data, _train_result(recipe, data, trainer), timings
+    return trainer, _train_result(recipe, data, trainer)
 
 
 class _TrainFailed(Exception):
@@ -195,11 +186,14 @@ def _write_results(run_dir: Path, result: dict[str, Any], report: bool) -> None:
 
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
     """Run every stage the recipe asks for and write the run folder."""
-    prepared = prepare(recipe)  # bad input fails here, before the run folder exists
+    start = t = time.perf_counter()
+    timings: dict[str, float] = {}
+    data, model = prepare(recipe)  # bad input fails here, before the run folder exists
+    t = _stage(timings, "data", t)
     run_dir = _open_run_dir(recipe)
-    start = time.perf_counter()
     try:
-        trainer, data, result, timings = train_stage(recipe, run_dir, resume, prepared)
+        trainer, result = train_stage(recipe, run_dir, data, model, resume)
+        _stage(timings, "train", t)
     except _TrainFailed as failed:
         _write_results(run_dir, failed.result, recipe.report.enabled)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
@@ -270,13 +264,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     the weights they describe did not change (``--resume`` on a finished run); when training
     went on, they no longer describe the model and are dropped.
     """
-    prepared = prepare(recipe)
+    t = time.perf_counter()
+    timings: dict[str, float] = {}
+    data, model = prepare(recipe)
+    t = _stage(timings, "data", t)
     run_dir = _open_run_dir(recipe)
     try:
-        trainer, _, result, timings = train_stage(recipe, run_dir, resume, prepared)
+        trainer, result = train_stage(recipe, run_dir, data, model, resume)
     except _TrainFailed as failed:
         _write_results(run_dir, failed.result, False)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
+    _stage(timings, "train", t)
     result["timings"] = timings
     metrics_path = run_dir / "metrics.json"
     if resume and trainer.steps_this_fit == 0 and metrics_path.exists():
