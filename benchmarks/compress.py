@@ -29,50 +29,62 @@ from pathlib import Path
 from typing import Any
 
 from common import save, table
+from dlforge.compress.stage import CompressConfig, compress_stage
 from quantize import MODELS, data_for, train
 
-from dlforge.compress.stage import CompressConfig, compress_stage
 from dlforge.config import from_dict
 
 logging.getLogger("dlforge").setLevel(logging.ERROR)
 
+FINETUNE = {"lr": 1e-3, "schedule": "cosine", "label_smoothing": 0.1}
 SETTINGS: dict[str, Any] = {
     "techniques": ["prune", "structured", "lowrank", "deep_compression", "distill"],
-    "lr": 1e-3,
-    "schedule": "cosine",
-    "label_smoothing": 0.1,
-    "prune": {"sparsity": 0.9, "epochs": 40, "prune_share": 0.5},
-    "structured": {"macs_removed": 0.5, "round_to": 16, "epochs": 40, "lr": 3e-3},
-    "lowrank": {"ratio": 0.5, "epochs": 10},
+    "prune": {"sparsity": 0.9, "prune_share": 0.5, "finetune": {**FINETUNE, "epochs": 40}},
+    "structured": {
+        "macs_removed": 0.5,
+        "round_to": 16,
+        "finetune": {**FINETUNE, "epochs": 40, "lr": 3e-3},
+    },
+    "lowrank": {"ratio": 0.5, "finetune": {**FINETUNE, "epochs": 10}},
     "deep_compression": {
         "sparsity": 0.9,
-        "prune_epochs": 40,
         "prune_share": 0.5,
+        "finetune": {**FINETUNE, "epochs": 40},
         "weight_bits": 4,
-        "codebook_epochs": 2,
-        "label_smoothing": 0.1,
+        "codebook": {"epochs": 2, "lr": 1e-4, "schedule": "constant", "label_smoothing": 0.1},
     },
-    "distill": {"width": 0.5, "epochs": 30, "temperature": 4.0, "alpha": 0.9},
+    "distill": {
+        "width": 0.5,
+        "temperature": 4.0,
+        "alpha": 0.9,
+        "train": {"epochs": 30, "lr": 3e-3, "weight_decay": 1e-2, "schedule": "cosine"},
+    },
     "bench_rounds": 5,
 }
 # Where one setting does not fit all: ResNet-20 keeps its accuracy at 95% sparsity, and its
 # epochs cost about 20x a small CNN's, so it fine-tunes for fewer of them.
 PER_MODEL: dict[str, dict[str, Any]] = {
     "resnet20": {
-        "prune": {"epochs": 20},
-        "structured": {"epochs": 20},
-        "deep_compression": {"sparsity": 0.95, "prune_epochs": 20},
-        "distill": {"epochs": 15},
+        "prune": {"finetune": {"epochs": 20}},
+        "structured": {"finetune": {"epochs": 20}},
+        "deep_compression": {"sparsity": 0.95, "finetune": {"epochs": 20}},
+        "distill": {"train": {"epochs": 15}},
     }
 }
 NO_GAP_POINTS = 0.5  # below this teacher-student gap (seed means) there is nothing to close
 
 
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, nested mappings merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) else value
+    return out
+
+
 def settings_for(model: str, seed: int) -> dict[str, Any]:
-    out = copy.deepcopy(SETTINGS)
-    for key, value in PER_MODEL.get(model, {}).items():
-        out[key].update(value)
-    out["distill"]["seed"] = seed
+    out = merged(SETTINGS, PER_MODEL.get(model, {}))
+    out["distill"]["train"]["seed"] = seed
     return out
 
 

@@ -32,7 +32,7 @@ from compress import SETTINGS
 from quantize import MODELS, data_for, train
 
 from dlforge.compress.deep_compression import DeepCompressionConfig, deep_compression
-from dlforge.compress.distill import Distiller, width_scaled
+from dlforge.compress.distill import DistillationStep, Distiller, width_scaled
 from dlforge.compress.prune import GradualPruner, make_permanent
 from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
 from dlforge.config import from_dict
@@ -104,7 +104,7 @@ def _fit(
 
 
 def schedule_effect(name: str, seeds: int) -> list[dict[str, Any]]:
-    epochs = SETTINGS["prune"]["epochs"]
+    epochs = SETTINGS["prune"]["finetune"]["epochs"]
     ways = {
         "ramp to the last epoch, constant rate": (
             "constant",
@@ -125,10 +125,10 @@ def schedule_effect(name: str, seeds: int) -> list[dict[str, Any]]:
                 work,
                 data,
                 epochs,
-                SETTINGS["lr"],
+                SETTINGS["prune"]["finetune"]["lr"],
                 schedule,
-                on_train_epoch_start=pruner(),
-                label_smoothing=SETTINGS["label_smoothing"],
+                callbacks=[pruner()],
+                label_smoothing=SETTINGS["prune"]["finetune"]["label_smoothing"],
             )
             drops[way].append(100 * (base - _accuracy(make_permanent(work), data)))
     return [
@@ -157,8 +157,9 @@ def distill_yardstick(seeds: int) -> list[dict[str, Any]]:
                 student = create_model(
                     spec["model"][0], data.input_shape, data.num_classes, **kwargs
                 )
+                epochs = d["train"]["epochs"]
                 if how == "alone":
-                    _fit(student, data, d["epochs"], lr, "cosine", weight_decay=1e-2)
+                    _fit(student, data, epochs, lr, "cosine", weight_decay=1e-2)
                 else:
                     distiller = Distiller(
                         student, copy.deepcopy(teacher), d["temperature"], d["alpha"]
@@ -166,11 +167,11 @@ def distill_yardstick(seeds: int) -> list[dict[str, Any]]:
                     _fit(
                         distiller,
                         data,
-                        d["epochs"],
+                        epochs,
                         lr,
                         "cosine",
                         weight_decay=1e-2,
-                        loss_fn=distiller.loss,
+                        step=DistillationStep(distiller),
                     )
                 acc.setdefault((lr, how), []).append(_accuracy(student, data))
     teacher_acc = statistics.mean(teachers)
@@ -256,7 +257,7 @@ def main() -> None:
     if "schedules" in args.only:
         small = ("digits_cnn", "mnist1d_cnn")
         out["schedules"] = [row for name in small for row in schedule_effect(name, args.seeds)]
-        epochs = SETTINGS["prune"]["epochs"]
+        epochs = SETTINGS["prune"]["finetune"]["epochs"]
         print(f"\n## The gradual-pruning schedule, 90% over {epochs} epochs ({args.seeds} seeds)\n")
         print(table(out["schedules"]))
     if "distill" in args.only:

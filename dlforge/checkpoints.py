@@ -19,7 +19,8 @@ from torch import nn
 
 from dlforge.config import Config, ConfigError, check, from_dict
 from dlforge.environment import environment
-from dlforge.models.registry import ModelConfig, create_model, is_import_path
+from dlforge.models.config import ModelConfig
+from dlforge.models.registry import create_model, is_import_path
 from dlforge.recipe import Recipe, recipe_from_dict
 from dlforge.train.checkpoint import CheckpointError, load_weights, read_meta
 

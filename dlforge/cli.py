@@ -10,9 +10,9 @@ for an unexpected error.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+from typing import Any
 
 from dlforge.config import DlforgeError
 
@@ -31,6 +31,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
         "recipe", nargs="?", default=None, help="YAML recipe (default: built-in defaults)"
     )
     _set_option(p, "override a recipe field, e.g. --set train.optimizer.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or auto (default: the recipe's)"
+    )
 
 
 def _checkpoint_arg(
@@ -55,13 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the whole job: data, train, evaluate, report")
+    p = sub.add_parser("run", help="the whole job: data, train, evaluate, ..., report")
     _recipe_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
     p = sub.add_parser("train", help="data and training only; writes checkpoints")
     _recipe_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+    p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (a fresh model per fold)")
+    _recipe_args(p)
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default: 5)")
+    p.add_argument(
+        "--kind", choices=["stratified", "group", "repeated"], default=None, help="fold kind"
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint, rebuilt from its own metadata")
     _checkpoint_arg(p)
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render a run folder's report.html from metrics.json")
     p.add_argument("run_dir")
 
-    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("models", help="the registered models: what each is, its arguments and size")
     return parser
 
 
@@ -138,63 +148,104 @@ def _report_failure(command: str, exc: Exception) -> int:
     return STAGE_FAILED
 
 
+def _section(title: str, lines: list[str]) -> None:
+    """A titled block of summary lines on stdout (the results; logs go to stderr)."""
+    if lines:
+        print(f"\n{title}")
+        for line in lines:
+            print(f"  {line}")
+
+
+def _summaries(metrics: dict[str, Any]) -> None:
+    """Each stage's summary, in the order of the run, for the stages that ran."""
+    from dlforge.stages import STAGES
+
+    for stage in STAGES:
+        part = metrics.get(stage.name)
+        if isinstance(part, dict) and "error" not in part:
+            _section(stage.title, stage.summary(part))
+
+
+def _wrote(paths: list[Any]) -> None:
+    _section("Wrote", [str(p) for p in paths if p])
+
+
+def _recipe(args: argparse.Namespace) -> Any:
+    from dlforge.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return load_recipe(args.recipe, overrides)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     # Imported here so `dlforge --help` answers without loading torch.
+    from dlforge.train.checkpoint import atomic_write_json
+
+    if args.command == "models":
+        return _models()
+    if args.command == "report":
+        from dlforge.report import write_report
+
+        _wrote([write_report(args.run_dir)])
+        return 0
     from dlforge import pipeline
-    from dlforge.recipe import load_recipe
-    from dlforge.train import atomic_write_json
 
     if args.command == "run":
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = _recipe(args)
         outcome = pipeline.run(recipe, resume=args.resume)
-        summary = outcome.metrics["evaluate"]["summary"]
-        print(f"run folder: {outcome.run_dir}")
-        print(
-            f"test accuracy {summary['accuracy']:.4f}  macro F1 {summary['f1_macro']:.4f}  "
-            f"time {outcome.metrics['timings']['total']:.1f}s"
-        )
-        if recipe.report.enabled:
-            print(f"report: {outcome.report_path}")
+        _section("Training", _train_lines(outcome.metrics["train"]))
+        _summaries(outcome.metrics)
+        timings = outcome.metrics["timings"]
+        _section("Time", [f"{timings['total']:.1f} s in all"])
+        _wrote([outcome.run_dir / "metrics.json",
+                outcome.report_path if recipe.report.enabled else None,
+                outcome.metrics["model"]["checkpoint"]])  # fmt: skip
         return 0
     if args.command == "train":
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = _recipe(args)
         result = pipeline.train(recipe, resume=args.resume)
-        print(f"checkpoint: {result['model']['checkpoint']}")
+        _section("Training", _train_lines(result["train"]))
+        _wrote([result["model"]["checkpoint"]])
         return 0
+    if args.command == "cv":
+        recipe = _recipe(args)
+        if args.folds is not None:
+            recipe = _with(recipe, f"crossval.folds={args.folds}")
+        if args.kind is not None:
+            recipe = _with(recipe, f"crossval.kind={args.kind}")
+        result = pipeline.cross_validate_recipe(recipe)
+        from dlforge.stages import get_stage
+
+        _section("Cross-validation", get_stage("crossval").summary(result))
+        run_dir = f"{recipe.output_dir}/{recipe.name}"
+        _wrote([f"{run_dir}/metrics.json", f"{run_dir}/report.html"])
+        return 1 if result["failed"] else 0
     if args.command == "evaluate":
         result = pipeline.evaluate_checkpoint(
             args.checkpoint, args.split, args.data_path, args.trust_code
         )
         if args.out:
             atomic_write_json(args.out, result)
-        print(json.dumps(result["summary"], indent=2))
+        from dlforge.stages import get_stage
+
+        _section("Metrics", get_stage("evaluate").summary(result))
+        _wrote([args.out])
         return 0
     if args.command == "quantize":
         result = pipeline.quantize_checkpoint(
             args.checkpoint, args.overrides, args.out, args.bench, args.trust_code
         )
-        acc = result["quantize"]["accuracy"]
-        print(
-            f"accuracy fp32 {acc['fp32']:.4f}  fake-quant {acc['fake_quant']:.4f}  "
-            f"ONNX Runtime int8 {acc['onnxruntime_int8']:.4f}"
-        )
-        for name, path in result["quantize"]["files"].items():
-            print(f"{name}: {path}")
-        for row in result.get("bench", {}).get("rows", []):
-            print(
-                f"{row['variant']:<28} p50 {row['latency_p50_ms']:.3f} ms  "
-                f"{row['throughput_x']:.2f}x throughput"
-            )
+        _summaries(result)
         return 0
     if args.command == "compress":
         result = pipeline.compress_checkpoint(
             args.checkpoint, args.recipe, args.overrides, args.trust_code
         )
-        for row in result["rows"]:
-            print(
-                f"{row['variant']:<18} acc {row['accuracy']:.4f}  {row['compression_x']:.1f}x smaller  "
-                f"{row['throughput_x']:.2f}x throughput  ({row['stored_bytes']} bytes)"
-            )
+        _summaries({"compress": result})
+        out = pipeline.compress_dir(args.checkpoint)
+        _wrote([out / "compress.json", *sorted(out.glob("*.onnx")), *sorted(out.glob("*.dc"))])
         return 0
     if args.command == "bench":
         result = pipeline.bench_checkpoint(
@@ -202,23 +253,49 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         if args.out:
             atomic_write_json(args.out, result)
-        for row in result["rows"]:
-            print(
-                f"{row['variant']:<28} acc {row['accuracy']:.4f}  p50 {row['latency_p50_ms']:.3f} ms  "
-                f"p99 {row['latency_p99_ms']:.3f} ms  {row['throughput_x']:.2f}x throughput"
-            )
-        return 0
-    if args.command == "report":
-        from dlforge.report import write_report
-
-        print(f"report: {write_report(args.run_dir)}")
-        return 0
-    if args.command == "models":
-        from dlforge.models import list_models
-
-        print("\n".join(list_models()))
+        _summaries({"bench": result})
+        _wrote([args.out])
         return 0
     raise AssertionError(args.command)
+
+
+def _with(recipe: Any, override: str) -> Any:
+    from dlforge.recipe import recipe_from_dict
+
+    return recipe_from_dict(recipe.to_dict(), [override])
+
+
+def _train_lines(train: dict[str, Any]) -> list[str]:
+    epochs = train.get("epochs", [])
+    if not epochs:
+        return []
+    last, best = epochs[-1], train.get("best", {})
+    settings = train.get("settings", {})
+    line = f"{len(epochs)} epochs on {settings.get('device', '?')} ({settings.get('precision')})"
+    out = [
+        line,
+        f"last epoch: train loss {last['train_loss']:.4g}, "
+        f"train accuracy {last['train_accuracy']:.4f}"
+        + (f", val accuracy {last['val_accuracy']:.4f}" if "val_accuracy" in last else ""),
+    ]
+    if best:
+        metric = next((k for k in best if k not in ("epoch", "step")), None)
+        if metric:
+            out.append(f"best weights from epoch {best['epoch']} ({metric} {best[metric]:.4g})")
+    return out  # fmt: skip
+
+
+def _models() -> int:
+    """Every registered model: what it is, its main arguments, its size on a typical input."""
+    from dlforge.models.registry import describe_models
+
+    rows = describe_models()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['summary']}")
+        print(f"{'':<{width}}  arguments: {r['arguments']}; {r['parameters']}")
+    print("\nor your own: model.name: package.module:function (see README)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -115,6 +115,16 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"unsupported annotation {_type_name(tp)}", path)
 
 
+def _unknown_key(cls: Any, key: str, key_path: str, valid: list[str]) -> ConfigError:
+    """An unknown key; for a key an older dlforge had, what to write instead (``MOVED``)."""
+    moved: dict[str, str] = getattr(cls, "MOVED", {})
+    if key in moved:
+        parent = key_path.rpartition(".")[0]
+        new = f"{parent}.{moved[key]}" if parent else moved[key]
+        return ConfigError(f"'{key_path}' is no longer a key: write '{new}' instead")
+    return ConfigError(f"unknown key '{key_path}'{_suggest(key, valid)}")
+
+
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
@@ -133,7 +143,7 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown key '{key_path}'{_suggest(str(key), list(fields))}")
+            raise _unknown_key(cls, str(key), key_path, list(fields))
         kwargs[key] = _convert(value, hints[key], key_path)
     try:
         obj = cls(**kwargs)
@@ -202,7 +212,7 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, cls: type | None = N
         if tp is not None and dataclasses.is_dataclass(tp):
             names = [f.name for f in dataclasses.fields(tp)]
             if key not in names:
-                raise ConfigError(f"unknown key '{where}'{_suggest(key, names)}")
+                raise _unknown_key(tp, key, where, names)
             tp = _unwrap_optional(get_type_hints(tp)[key])
         else:
             tp = None

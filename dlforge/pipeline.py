@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from dlforge.checkpoints import (
@@ -29,17 +28,21 @@ from dlforge.checkpoints import (
     checkpoint_recipe,
     load_checkpoint,
 )
-from dlforge.compress.stage import compress_stage
 from dlforge.config import DlforgeError
 from dlforge.data import DataBundle, load_data
-from dlforge.deploy.stages import bench_stage, quantize_stage
 from dlforge.environment import environment
 from dlforge.evaluate import evaluate_model
-from dlforge.models import create_model
 from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 from dlforge.report import write_report
+from dlforge.stages import STAGES, RunContext
+from dlforge.stages.bench import bench_stage
+from dlforge.stages.compress import compress_stage
+from dlforge.stages.crossval import cross_validate
+from dlforge.stages.quantize import quantize_stage
+from dlforge.stages.train import make_model, make_trainer, train_with
 from dlforge.train import Trainer, atomic_write_json, atomic_write_text, seed_everything
 from dlforge.train.checkpoint import remove_stray_temps
+from dlforge.train.runtime import Runtime
 from dlforge.train.trainer import state_path
 
 log = logging.getLogger("dlforge")
@@ -50,6 +53,7 @@ __all__ = [
     "StageError",
     "bench_checkpoint",
     "compress_checkpoint",
+    "cross_validate_recipe",
     "evaluate_checkpoint",
     "load_checkpoint",
     "quantize_checkpoint",
@@ -98,30 +102,28 @@ def prepare(recipe: Recipe) -> tuple[DataBundle, nn.Module]:
     """Data and model: everything bad input can break, done before any file is written."""
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
-    model = create_model(
-        recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs
-    )
-    return data, model
+    return data, make_model(recipe, data)
 
 
 def train_stage(
-    recipe: Recipe, run_dir: Path, data: DataBundle, model: nn.Module, resume: bool = False
+    recipe: Recipe,
+    run_dir: Path,
+    data: DataBundle,
+    model: nn.Module,
+    resume: bool = False,
+    runtime: Runtime | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train ``model``; returns the trainer (its model holds the best weights) and the result so
     far. A failure inside training raises ``_TrainFailed`` carrying the partial result."""
-    trainer = Trainer(
-        model, recipe.train, out_dir=run_dir, meta=checkpoint_meta(recipe, data, model)
-    )
-    generator = torch.Generator().manual_seed(recipe.seed)
+    trainer = make_trainer(
+        recipe, data, model, out_dir=run_dir, meta=checkpoint_meta(recipe, data, model),
+        runtime=runtime,
+    )  # fmt: skip
     try:
-        trainer.fit(
-            data.loader("train", recipe.train.batch_size, shuffle=True, generator=generator),
-            data.loader("val", recipe.evaluate.batch_size),
-            resume=_resume_point(trainer) if resume else None,
-        )
+        train_with(trainer, recipe, data, resume=_resume_point(run_dir) if resume else None)
     except Exception as exc:
-        failed = _train_result(recipe, data, trainer) | {"train": _train_failure(trainer, exc)}
-        raise _TrainFailed(failed, exc) from exc
+        partial = _train_result(recipe, data, trainer)
+        raise _TrainFailed(partial | {"train": _train_failure(trainer, exc)}, exc) from exc
     return trainer, _train_result(recipe, data, trainer)
 
 
@@ -137,14 +139,12 @@ def _train_failure(trainer: Trainer, exc: BaseException) -> dict[str, Any]:
     return trainer.history.to_dict() | stage_failure(exc)
 
 
-def _resume_point(trainer: Trainer) -> Path | None:
-    last = trainer.checkpoint_path("last")
-    assert last is not None
+def _resume_point(run_dir: Path) -> Path | None:
+    last = run_dir / "checkpoints" / "last.safetensors"
     if state_path(last).exists():
         return last
     # A run killed before its first checkpoint has nothing to resume: it starts over.
-    trainer.history.events.append(f"nothing to resume in {last.parent}: started from scratch")
-    log.warning(trainer.history.events[-1])
+    log.warning("nothing to resume in %s: starting from scratch", last.parent)
     return None
 
 
@@ -169,8 +169,10 @@ def _stage(timings: dict[str, float], name: str, start: float) -> float:
     return now
 
 
-def _open_run_dir(recipe: Recipe) -> Path:
+def _open_run_dir(recipe: Recipe, main: bool = True) -> Path:
     run_dir = Path(recipe.output_dir) / recipe.name
+    if not main:  # another process of a distributed run writes the folder
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for p in remove_stray_temps(run_dir):
         log.info("removed %s, left by an interrupted write", p)
@@ -185,76 +187,53 @@ def _write_results(run_dir: Path, result: dict[str, Any], report: bool) -> None:
 
 
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
-    """Run every stage the recipe asks for and write the run folder."""
+    """Run every stage the recipe asks for and write the run folder.
+
+    Under ``torchrun`` every process trains its shard; the first one then runs the later stages
+    and writes the results, the others stop after training."""
     start = t = time.perf_counter()
     timings: dict[str, float] = {}
     data, model = prepare(recipe)  # bad input fails here, before the run folder exists
     t = _stage(timings, "data", t)
-    run_dir = _open_run_dir(recipe)
+    runtime = Runtime.from_env(recipe.train.device)
+    run_dir = _open_run_dir(recipe, runtime.is_main)
     try:
-        trainer, result = train_stage(recipe, run_dir, data, model, resume)
+        trainer, result = train_stage(recipe, run_dir, data, model, resume, runtime)
         _stage(timings, "train", t)
     except _TrainFailed as failed:
-        _write_results(run_dir, failed.result, recipe.report.enabled)
+        if runtime.is_main:
+            _write_results(run_dir, failed.result, recipe.report.enabled)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
-    model = trainer.model
-    failure: StageError | None = None
-    for name, stage in _later_stages(recipe, run_dir, model, data, result):
-        t = time.perf_counter()
-        try:
-            result[name] = stage()
-        except Exception as exc:
-            log.debug("stage %s failed", name, exc_info=True)
-            result[name] = stage_failure(exc)
-            failure = StageError(name, exc, run_dir / "metrics.json")
-            failure.__cause__ = exc
-            break
-        finally:
-            _stage(timings, name, t)
+    if not runtime.is_main:
+        return RunResult(run_dir=run_dir, metrics=result, model=trainer.model, data=data)
+    ctx = RunContext(recipe, run_dir, data, trainer.model, results=result)
+    failure = run_stages(ctx, timings)
     timings["total"] = round(time.perf_counter() - start, 3)
     result["timings"] = timings
     _write_results(run_dir, result, recipe.report.enabled)
     if failure is not None:
         raise failure
-    return RunResult(run_dir=run_dir, metrics=result, model=model, data=data)
+    return RunResult(run_dir=run_dir, metrics=result, model=trainer.model, data=data)
 
 
-def _later_stages(
-    recipe: Recipe, run_dir: Path, model: nn.Module, data: DataBundle, result: dict[str, Any]
-) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-    """The stages after training that the recipe enables, in order (each reads what the earlier
-    ones put in ``result``)."""
-
-    def evaluate() -> dict[str, Any]:
-        return evaluate_model(
-            model,
-            data.loader(recipe.evaluate.split, recipe.evaluate.batch_size),
-            data.class_names,
-            recipe.evaluate,
-            device=next(model.parameters()).device,
-            seed=recipe.seed,
-        )
-
-    def compress() -> dict[str, Any]:
-        return compress_stage(
-            model, data, recipe.compress, run_dir / "compress", recipe.model.name,
-            recipe.model.kwargs,
-        )  # fmt: skip
-
-    def quantize() -> dict[str, Any]:
-        return quantize_stage(model, data, recipe.quantize, run_dir / "deploy")
-
-    def bench() -> dict[str, Any]:
-        return bench_stage(model, data, recipe.bench, result.get("quantize", {}).get("files", {}))
-
-    stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [("evaluate", evaluate)]
-    if recipe.compress.enabled:
-        stages.append(("compress", compress))
-    if recipe.quantize.enabled:
-        stages.append(("quantize", quantize))
-    if recipe.bench.enabled:
-        stages.append(("bench", bench))
-    return stages
+def run_stages(ctx: RunContext, timings: dict[str, float]) -> StageError | None:
+    """Every enabled stage after training, in order, each result under the stage's name in
+    ``ctx.results``; the first failure is recorded there and stops the run (returned)."""
+    for stage in STAGES:
+        if not stage.enabled(ctx.recipe):
+            continue
+        t = time.perf_counter()
+        try:
+            ctx.results[stage.name] = stage.run(ctx)
+        except Exception as exc:
+            log.debug("stage %s failed", stage.name, exc_info=True)
+            ctx.results[stage.name] = stage_failure(exc)
+            failure = StageError(stage.name, exc, ctx.run_dir / "metrics.json")
+            failure.__cause__ = exc
+            return failure
+        finally:
+            _stage(timings, stage.name, t)
+    return None
 
 
 def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
@@ -268,14 +247,18 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     timings: dict[str, float] = {}
     data, model = prepare(recipe)
     t = _stage(timings, "data", t)
-    run_dir = _open_run_dir(recipe)
+    runtime = Runtime.from_env(recipe.train.device)
+    run_dir = _open_run_dir(recipe, runtime.is_main)
     try:
-        trainer, result = train_stage(recipe, run_dir, data, model, resume)
+        trainer, result = train_stage(recipe, run_dir, data, model, resume, runtime)
     except _TrainFailed as failed:
-        _write_results(run_dir, failed.result, False)
+        if runtime.is_main:
+            _write_results(run_dir, failed.result, False)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
     _stage(timings, "train", t)
     result["timings"] = timings
+    if not runtime.is_main:
+        return result
     metrics_path = run_dir / "metrics.json"
     if resume and trainer.steps_this_fit == 0 and metrics_path.exists():
         try:
@@ -286,6 +269,30 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     atomic_write_json(metrics_path, result)
     if (run_dir / "report.html").exists():
         write_report(run_dir)
+    return result
+
+
+def cross_validate_recipe(recipe: Recipe) -> dict[str, Any]:
+    """``dlforge cv``: k-fold cross-validation of the recipe; the result joins the run folder's
+    ``metrics.json`` (created if there is none) under ``crossval`` and its report."""
+    start = time.perf_counter()
+    result = cross_validate(recipe)  # reads the data first: bad input leaves no folder
+    run_dir = _open_run_dir(recipe)
+    metrics_path = run_dir / "metrics.json"
+    metrics: dict[str, Any] = {}
+    if metrics_path.exists():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            metrics = {}
+    metrics.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    metrics.setdefault("recipe", recipe.to_dict())
+    metrics.setdefault("environment", environment())
+    single = metrics.get("evaluate", {}).get("summary", {})
+    result["single_split"] = {k: single[k] for k in ("accuracy", "f1_macro") if k in single}
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    metrics["crossval"] = result
+    _write_results(run_dir, metrics, recipe.report.enabled)
     return result
 
 
@@ -331,6 +338,11 @@ def _run_dir_of(checkpoint: str | Path) -> Path:
     return Path(checkpoint).resolve().parent.parent
 
 
+def compress_dir(checkpoint: str | Path) -> Path:
+    """Where ``dlforge compress`` writes for a checkpoint: its run folder's ``compress/``."""
+    return _run_dir_of(checkpoint) / "compress"
+
+
 def _guarded(
     stage: str, checkpoint: str | Path, work: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -359,7 +371,7 @@ def quantize_checkpoint(
         "quantize", path, lambda: quantize_stage(model, data, recipe.quantize, out_dir)
     )
     if bench:
-        files = result["quantize"]["files"]
+        files = {k: Path(v) for k, v in result["quantize"]["files"].items()}
         result["bench"] = _guarded(
             "bench", path, lambda: bench_stage(model, data, recipe.bench, files)
         )
@@ -384,7 +396,7 @@ def bench_checkpoint(
     for f in onnx_files:
         check_onnx_file(f)
     data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
-    files = {Path(f).stem: f for f in onnx_files}
+    files = {Path(f).stem: Path(f) for f in onnx_files}
     result = _guarded("bench", path, lambda: bench_stage(model, data, recipe.bench, files))
     _merge_into_run(path, {"bench": result})
     return result
@@ -419,7 +431,7 @@ def compress_checkpoint(
         base.compress = load_recipe(recipe_path).compress
     recipe = recipe_from_dict(base.to_dict(), ["compress.enabled=true", *overrides])
     data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
-    out_dir = _run_dir_of(path) / "compress"
+    out_dir = compress_dir(path)
     result = _guarded(
         "compress",
         path,

@@ -13,12 +13,13 @@ from typing import Any
 
 import yaml
 
-from dlforge.compress.stage import CompressConfig
 from dlforge.config import Config, ConfigError, from_dict, set_path, to_dict
 from dlforge.data.config import DataConfig
-from dlforge.deploy.stages import BenchStageConfig, QuantizeStageConfig
-from dlforge.evaluate.evaluate import EvalConfig
-from dlforge.models.registry import ModelConfig
+from dlforge.evaluate.config import CrossValConfig, EnsembleConfig, EvalConfig
+from dlforge.models.config import SEARCH_DIRS, ModelConfig
+from dlforge.stages.bench import BenchStageConfig
+from dlforge.stages.compress import CompressConfig
+from dlforge.stages.quantize import QuantizeStageConfig
 from dlforge.train.config import TrainConfig
 
 
@@ -36,6 +37,8 @@ class Recipe(Config):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    crossval: CrossValConfig = field(default_factory=CrossValConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
     bench: BenchStageConfig = field(default_factory=BenchStageConfig)
@@ -72,6 +75,13 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     return from_dict(Recipe, data)
 
 
+def _remember_folder(recipe_path: Path) -> None:
+    """A user's ``package.module:function`` model is also looked for beside their recipe."""
+    folder = recipe_path.resolve().parent
+    if folder not in SEARCH_DIRS:
+        SEARCH_DIRS.append(folder)
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe (or start from the defaults when ``path`` is None)."""
     data: dict[str, Any] = {}
@@ -90,6 +100,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {p} must be a mapping at the top level")
         data = loaded
+        _remember_folder(p)
     try:
         return recipe_from_dict(data, overrides)
     except ConfigError as exc:

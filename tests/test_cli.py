@@ -143,9 +143,9 @@ def test_qat_and_codebook_from_a_recipe(tmp_path: Path) -> None:
     extra = [
         "quantize.enabled=true",
         "quantize.method=qat",
-        "quantize.qat_epochs=1",
+        "quantize.qat.epochs=1",
         "quantize.codebook_bits=4",
-        "quantize.codebook_epochs=1",
+        "quantize.codebook.epochs=1",
         "quantize.sensitivity=true",
         "quantize.sensitivity_bits=[8, 4]",
         "quantize.mixed_precision_max_bytes=12000",
@@ -166,12 +166,12 @@ def test_compress_stage_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     ckpt = str(tmp_path / "default/checkpoints/best.safetensors")
     sets = [
         "compress.techniques=[prune, structured, lowrank, deep_compression, distill]",
-        "compress.prune.epochs=2",
-        "compress.structured.epochs=1",
-        "compress.lowrank.epochs=1",
-        "compress.deep_compression.prune_epochs=3",
-        "compress.deep_compression.codebook_epochs=1",
-        "compress.distill.epochs=2",
+        "compress.prune.finetune.epochs=2",
+        "compress.structured.finetune.epochs=1",
+        "compress.lowrank.finetune.epochs=1",
+        "compress.deep_compression.finetune.epochs=3",
+        "compress.deep_compression.codebook.epochs=1",
+        "compress.distill.train.epochs=2",
         "compress.bench_rounds=1",
     ]
     args = ["-q", "compress", ckpt, "--recipe", str(ROOT / "recipes/deep_compression.yaml")]

@@ -65,7 +65,12 @@ def _start(ctx: Any, out: Path) -> Any:
 def test_random_kills_then_resume_give_bit_identical_weights(tmp_path: Path) -> None:
     """24 SIGKILLs at random instants of `dlforge train --resume`, each followed by a resume."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "dlforge.pipeline", "crash_target"])
+    # Everything `dlforge train` imports, so that each restart costs a fork, not the imports.
+    ctx.set_forkserver_preload([
+        "torch", "sklearn.datasets", "dlforge.pipeline", "dlforge.train.trainer",
+        "dlforge.data.load", "dlforge.stages.train", "dlforge.models.mlp", "dlforge.models.cnn",
+        "dlforge.models.resnet", "crash_target",
+    ])  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     warm = ctx.Process(target=time.sleep, args=(0,))  # start the server: imports are not timed
     warm.start()

@@ -33,6 +33,7 @@ from dlforge.compress.quantize.codebook import (
 )
 from dlforge.compress.quantize.fold import fold_batch_norm
 from dlforge.models import create_model
+from dlforge.train import FineTune
 from dlforge.train.checkpoint import CheckpointError
 
 
@@ -64,7 +65,10 @@ def pipeline(
     model = copy.deepcopy(small_cnn)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = DeepCompressionConfig(
-        sparsity=0.8, prune_epochs=8, weight_bits=4, codebook_epochs=2, lr=3e-3
+        sparsity=0.8,
+        finetune=FineTune(epochs=8, lr=3e-3),
+        weight_bits=4,
+        codebook=FineTune(epochs=2, lr=1e-4, schedule="constant"),
     )
     result = deep_compression(
         model,

@@ -40,6 +40,7 @@ import torch
 from torch import fx, nn
 
 from dlforge.compress import huffman
+from dlforge.compress.config import DeepCompressionConfig
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
 from dlforge.compress.quantize.codebook import (
     CodebookConfig,
@@ -48,7 +49,6 @@ from dlforge.compress.quantize.codebook import (
     share_weights,
 )
 from dlforge.compress.quantize.fold import fold_batch_norm
-from dlforge.config import Config, check
 from dlforge.train.checkpoint import CheckpointError, atomic_write
 
 FORMAT = "dlforge-deep-compression/2"  # /1 was a safetensors container with JSON code tables
@@ -71,34 +71,6 @@ _DTYPES: tuple[tuple[torch.dtype, str], ...] = (
     (torch.uint8, "u1"),
     (torch.bool, "?"),
 )
-
-
-@dataclass
-class DeepCompressionConfig(Config):
-    sparsity: float = 0.9
-    prune_epochs: int = 20  # gradual (cubic) pruning while fine-tuning, cosine-decayed rate
-    prune_share: float = 0.5  # share of prune_epochs raising sparsity; the rest recover
-    weight_bits: int = 4  # 2^bits shared weights per layer
-    codebook_epochs: int = 2  # centroid fine-tuning
-    lr: float = 1e-3  # while pruning
-    codebook_lr: float = 1e-4  # while fine-tuning the centroids (BN is folded by then)
-    label_smoothing: float = 0.0  # while pruning and fine-tuning the centroids
-    index_bits_conv: int = 8  # the paper's choice: 8 bits for conv, 5 for fully connected
-    index_bits_linear: int = 5
-    # Fold batch norm into the convs first: the deployed model has no BN, so its four vectors
-    # per channel need not be stored (they were half of a small CNN's compressed file).
-    fold_bn: bool = True
-
-    def validate(self) -> None:
-        check(0 <= self.sparsity < 1, "sparsity", self.sparsity, "must be in [0, 1)")
-        check(self.prune_epochs >= 1, "prune_epochs", self.prune_epochs, "must be >= 1")
-        check(0 < self.prune_share <= 1, "prune_share", self.prune_share, "must be in (0, 1]")
-        check(1 <= self.weight_bits <= 8, "weight_bits", self.weight_bits, "must be in 1..8")
-        check(self.codebook_epochs >= 0, "codebook_epochs", self.codebook_epochs, "must be >= 0")
-        for key in ("lr", "codebook_lr"):
-            check(getattr(self, key) > 0, key, getattr(self, key), "must be positive")
-        for key in ("index_bits_conv", "index_bits_linear"):
-            check(1 <= getattr(self, key) <= 16, key, getattr(self, key), "must be in 1..16")
 
 
 @dataclass
@@ -590,37 +562,24 @@ def deep_compression(
     decoded from the written file by ``load_compressed`` (BN folded when ``cfg.fold_bn``, eval
     mode), so it is exactly what a later load of the file gives.
     """
-    from dlforge.train import OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
+    from dlforge.train import Trainer
 
     cfg = cfg or DeepCompressionConfig()
     work = copy.deepcopy(model)
-    train = TrainConfig(
-        epochs=cfg.prune_epochs,
-        progress=False,
-        optimizer=OptimizerConfig(name="adamw", lr=cfg.lr),
-        schedule=ScheduleConfig(name="cosine"),
-        label_smoothing=cfg.label_smoothing,
-        restore_best=False,
-    )
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
-    pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.prune_epochs, cfg.prune_share)
-    history = Trainer(work, train, on_train_epoch_start=pruner).fit(train_loader, val_loader)
+    pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)
+    history = Trainer(work, cfg.finetune.train_config(), callbacks=[pruner]).fit(
+        train_loader, val_loader
+    )
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     make_permanent(work)
     achieved = sparsity(work)["global"]
     if cfg.fold_bn:  # after pruning (BN helps fine-tuning), before sharing (zeros stay zeros)
         work = fold_batch_norm(work)[0]
     share_weights(work, CodebookConfig(bits=cfg.weight_bits, keep_zeros=True))
-    if cfg.codebook_epochs > 0:
-        tune = TrainConfig(
-            epochs=cfg.codebook_epochs,
-            progress=False,
-            restore_best=False,
-            optimizer=OptimizerConfig(name="adamw", lr=cfg.codebook_lr),
-            label_smoothing=cfg.label_smoothing,
-        )
-        Trainer(work, tune).fit(train_loader, val_loader)
+    if cfg.codebook.epochs > 0:
+        Trainer(work, cfg.codebook.train_config()).fit(train_loader, val_loader)
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     written = save_compressed(work.eval(), path, cfg, meta or {})
     # The baked copy only lends its architecture: the weights returned are the file's.

@@ -1,9 +1,12 @@
 """Knowledge distillation: soft targets (Hinton et al., 2015) and feature hints (FitNets).
 
-``Distiller(student, teacher)`` is an ``nn.Module`` the dlforge Trainer trains like any model:
-its forward returns the student's logits and, in training mode, also runs the frozen teacher;
-``Distiller.loss`` mixes the hard-label loss with the temperature-softened KL to the teacher and,
-if hint layers are named, a feature-matching term through a learned adapter.
+``Distiller(student, teacher)`` is the ``nn.Module`` the Trainer trains: the student and, with
+hints, the adapters that map its features to the teacher's. ``DistillationStep`` is the Trainer
+step: it runs the frozen teacher on the batch and mixes the hard-label loss with the
+temperature-softened KL to the teacher and, if hint layers are named, a feature-matching term::
+
+    distiller = Distiller(student, teacher, temperature=4.0, alpha=0.9)
+    Trainer(distiller, cfg, step=DistillationStep(distiller)).fit(loader)
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dlforge.train.step import Step, StepOutput, batch_size_of, split_batch
 
 
 def soft_target_loss(
@@ -78,7 +83,6 @@ class Distiller(nn.Module):
         self.hints = dict(hints or {})
         self._features: dict[str, torch.Tensor] = {}
         self.adapters = nn.ModuleDict()
-        self._teacher_logits: torch.Tensor | None = None
         for s_name, t_name in self.hints.items():
             student.get_submodule(s_name).register_forward_hook(self._keep(f"s:{s_name}"))
             teacher.get_submodule(t_name).register_forward_hook(self._keep(f"t:{t_name}"))
@@ -100,19 +104,26 @@ class Distiller(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.student(x)
-        if self.training:
-            teacher = self.teacher[0].to(x.device)
-            with torch.no_grad():
-                self._teacher_logits = teacher(x)
-        return logits
+        out: torch.Tensor = self.student(x)
+        return out
 
-    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The Trainer's ``loss_fn``. Outside training it is plain cross-entropy."""
-        if not self.training or self._teacher_logits is None:
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        teacher = self.teacher[0].to(x.device)
+        out: torch.Tensor = teacher(x)
+        return out
+
+    def loss(
+        self,
+        student_logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The distillation loss; without teacher logits (validation) plain cross-entropy."""
+        if teacher_logits is None:
             return F.cross_entropy(student_logits, targets)
         total = distillation_loss(
-            student_logits, self._teacher_logits.float(), targets, self.temperature, self.alpha
+            student_logits, teacher_logits.float(), targets, self.temperature, self.alpha
         )
         for i, (s_name, t_name) in enumerate(self.hints.items()):
             # the loss runs outside autocast: bring bf16 features back to fp32 first
@@ -120,8 +131,23 @@ class Distiller(nn.Module):
             total = total + self.hint_weight * F.mse_loss(
                 s.float(), self._features[f"t:{t_name}"].float()
             )
-        self._teacher_logits = None
         return total
+
+
+class DistillationStep(Step):
+    """The Trainer step for a ``Distiller``: the teacher's logits for the same (augmented)
+    batch go straight into the loss, instead of through the model's state."""
+
+    def __init__(self, distiller: Distiller) -> None:
+        self.distiller = distiller
+
+    def __call__(self, model: nn.Module, batch: Any, trainer: Any) -> StepOutput:
+        x, y = trainer.to_device(split_batch(batch))
+        with trainer.precision.autocast():
+            logits = model(x)
+            teacher = self.distiller.teacher_logits(x) if model.training else None
+        loss = self.distiller.loss(logits.float(), y, teacher)
+        return StepOutput(loss, logits, y, batch_size_of(x))
 
 
 def width_scaled(model_kwargs: dict[str, Any], name: str, factor: float) -> dict[str, Any]:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from dlforge.config import Config, ConfigError, check
+from dlforge.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from dlforge.train.trainer import Trainer
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -187,13 +191,13 @@ def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float
     return final + (initial - final) * (1 - progress) ** 3
 
 
-class GradualPruner:
-    """Raise global sparsity on the cubic schedule at the start of each epoch; plug it into
-    ``Trainer(..., on_train_epoch_start=GradualPruner(...))``.
+class GradualPruner(Callback):
+    """A Trainer callback raising global sparsity on the cubic schedule at the start of each
+    epoch: ``Trainer(model, cfg, callbacks=[GradualPruner(0.9, 0, 10)])``.
 
     The schedule reaches ``final`` at the start of epoch ``end_epoch``. Before that the model is
-    less pruned than asked, so ``best_eligible`` tells the Trainer not to keep those epochs as
-    its best weights: restoring the best then returns a model at the scheduled sparsity.
+    less pruned than asked, so those epochs are marked ineligible as the Trainer's best weights:
+    restoring the best then returns a model at the scheduled sparsity.
     """
 
     def __init__(
@@ -233,13 +237,19 @@ class GradualPruner:
         """Whether the model trained in ``epoch`` was at the final sparsity."""
         return epoch >= self.end
 
-    def __call__(self, epoch: int, model: nn.Module) -> None:
+    def apply(self, epoch: int, model: nn.Module) -> float:
+        """Prune ``model`` to the schedule's sparsity for ``epoch``; returns it."""
         target = cubic_sparsity(epoch, self.start, self.end, self.final, self.initial)
         if target > 0:
             magnitude_prune(
                 model, MagnitudePrune(amount=target, layers=self.layers, scope=self.scope)
             )
         self.history.append((epoch, target))
+        return target
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        self.apply(trainer.epoch, trainer.model)
+        trainer.best_eligible = self.best_eligible(trainer.epoch)
 
 
 def iterative_prune(

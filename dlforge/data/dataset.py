@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset, default_collate
 
 from dlforge.config import DlforgeError
 
@@ -29,6 +30,7 @@ class RawData:
     class_names: list[str]
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    groups: np.ndarray | None = None  # (N,) a group per sample, for grouped cross-validation
 
 
 @dataclass
@@ -55,10 +57,30 @@ class DataBundle:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        *,
+        transform: Callable[[torch.Tensor, torch.Tensor], tuple[Any, Any]] | None = None,
+        sampler: Sampler[int] | None = None,
+        num_workers: int = 0,
     ) -> DataLoader:
+        """Batches of ``split``. ``transform(x, y) -> (x, y)`` runs on each collated batch
+        (in the worker processes when ``num_workers > 0``); ``sampler`` replaces shuffling
+        (class-balanced sampling, bootstrap samples, a distributed shard)."""
         x, y = getattr(self, split)
+        collate = None
+        if transform is not None:
+
+            def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Any, Any]:
+                xb, yb = default_collate(items)
+                return transform(xb, yb)
+
         return DataLoader(
-            TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator
+            TensorDataset(x, y),
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            generator=generator,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -95,8 +117,18 @@ def encode_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, list[str]
     return codes.astype(np.int64), [str(c) for c in classes]
 
 
-def check_features(x: np.ndarray, where: str, columns: list[str] | None = None) -> np.ndarray:
-    """Return ``x`` as float32, refusing NaN/inf and naming the rows and columns that hold them."""
+def check_features(
+    x: np.ndarray, where: str, columns: list[str] | None = None, keep_integers: bool = False
+) -> np.ndarray:
+    """Return ``x`` as float32, refusing NaN/inf and naming the rows and columns that hold them.
+
+    With ``keep_integers`` integer features (token ids) stay integers (int64) instead.
+    """
+    raw = np.asarray(x)
+    if keep_integers and raw.dtype.kind in "iu":
+        if raw.ndim < 2:
+            raise DataError(f"{where}: features need shape (N, ...), got {raw.shape}")
+        return raw.astype(np.int64)
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:

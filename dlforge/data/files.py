@@ -71,7 +71,12 @@ def image_folder(path: str | Path, size: tuple[int, int], mode: str = "RGB") -> 
 # --- tables ---------------------------------------------------------------------------------
 
 
-def table(path: str | Path, label_column: str, feature_columns: list[str] | None = None) -> RawData:
+def table(
+    path: str | Path,
+    label_column: str,
+    feature_columns: list[str] | None = None,
+    group_column: str | None = None,
+) -> RawData:
     """A CSV or Parquet table with one label column; every feature column must be numeric."""
     import pandas as pd
 
@@ -97,7 +102,9 @@ def table(path: str | Path, label_column: str, feature_columns: list[str] | None
         raise DataError(
             f"table file {p}: no label column '{label_column}' (columns: {columns}){hint}"
         )
-    features = feature_columns or [c for c in columns if c != label_column]
+    if group_column is not None and group_column not in columns:
+        raise DataError(f"table file {p}: no group column '{group_column}' (columns: {columns})")
+    features = feature_columns or [c for c in columns if c not in (label_column, group_column)]
     missing = [c for c in features if c not in columns]
     if missing:
         raise DataError(f"table file {p}: feature columns {missing} not found (columns: {columns})")
@@ -111,22 +118,26 @@ def table(path: str | Path, label_column: str, feature_columns: list[str] | None
     y, names = encode_labels(
         df[label_column].to_numpy(), f"table file {p}, column '{label_column}'"
     )
-    return RawData(x=x, y=y, class_names=names)
+    groups = df[group_column].to_numpy() if group_column is not None else None
+    return RawData(x=x, y=y, class_names=names, groups=groups)
 
 
 # --- NumPy archives --------------------------------------------------------------------------
 
 
-def npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> RawData:
+def npz(
+    path: str | Path, x_key: str = "x", y_key: str = "y", group_key: str | None = None
+) -> RawData:
     """A NumPy ``.npz`` holding features (N, ...) and labels (N,) under the given keys."""
     p = _existing(path, "npz file")
     try:
         with np.load(p, allow_pickle=False) as archive:
             keys = list(archive.keys())
-            for key in (x_key, y_key):
-                if key not in keys:
+            for key in (x_key, y_key, group_key):
+                if key is not None and key not in keys:
                     raise DataError(f"npz file {p}: no key '{key}' (keys: {keys})")
             x_raw, y_raw = archive[x_key], archive[y_key]
+            groups = archive[group_key] if group_key is not None else None
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as exc:
@@ -138,7 +149,9 @@ def npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> RawData:
             f"expected labels of shape ({len(x)},)"
         )
     y, names = encode_labels(y_raw, f"npz file {p}, key '{y_key}'")
-    return RawData(x=x, y=y, class_names=names)
+    if groups is not None and groups.shape != (len(x),):
+        raise DataError(f"npz file {p}: '{group_key}' has shape {groups.shape}, not ({len(x)},)")
+    return RawData(x=x, y=y, class_names=names, groups=groups)
 
 
 # --- CIFAR-10 python batches ---------------------------------------------------------------------

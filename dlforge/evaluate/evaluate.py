@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dlforge.config import Config, check
 from dlforge.evaluate import metrics as M
 from dlforge.evaluate.clustering import cluster_embeddings
-
-
-@dataclass
-class EvalConfig(Config):
-    split: Literal["train", "val", "test"] = "test"
-    batch_size: int = 256
-    calibration_bins: int = 15
-    clustering: bool = True  # cluster the penultimate-layer embeddings
-
-    def validate(self) -> None:
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        check(self.calibration_bins >= 1, "calibration_bins", self.calibration_bins, "must be >= 1")
+from dlforge.evaluate.config import EvalConfig
 
 
 @dataclass

@@ -31,8 +31,13 @@ def cnn(
     batch_norm: bool = True,
     dropout: float = 0.0,
     pool: str = "avg",
+    spatial_dropout: float = 0.0,
 ) -> nn.Module:
     """Conv → (BN) → ReLU blocks, then global pooling and a linear head.
+
+    ``dropout`` drops features before the head; ``spatial_dropout`` drops whole channels after
+    each block (Tompson et al., 2015: neighbouring activations are correlated, so dropping
+    single ones regularises convolutions little).
 
     ``stride`` gives each block's stride (default 1 for the first block, 2 after), so the
     receptive field grows without a separate pooling layer. ``pool`` is "avg" or "flatten";
@@ -41,6 +46,7 @@ def cnn(
     if len(input_shape) < 2:
         raise ConfigError(f"cnn needs (C, L) or (C, H, W) inputs, got shape {tuple(input_shape)}")
     conv, bn, gap = conv_layers(len(input_shape) - 1)
+    drop = nn.Dropout2d if len(input_shape) == 3 else nn.Dropout1d
     strides = list(stride) if stride is not None else [1] + [2] * (len(channels) - 1)
     if len(strides) != len(channels):
         raise ConfigError(f"cnn: {len(strides)} strides for {len(channels)} conv blocks")
@@ -53,6 +59,8 @@ def cnn(
         if batch_norm:
             layers.append(bn(c_out))
         layers.append(nn.ReLU(inplace=True))
+        if spatial_dropout > 0:
+            layers.append(drop(spatial_dropout))
         c_in = c_out
     if pool == "avg":
         layers += [gap(1), nn.Flatten()]

@@ -18,6 +18,7 @@ def mlp(
     dropout: float = 0.0,
     batch_norm: bool = False,
 ) -> nn.Module:
+    """Fully connected layers with ReLU (optionally BN and dropout) on the flattened input."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for h in hidden:

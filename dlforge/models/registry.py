@@ -10,22 +10,18 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from dlforge.config import Config, ConfigError
+from dlforge.config import ConfigError
+from dlforge.models.config import SEARCH_DIRS
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
-
-
-@dataclass
-class ModelConfig(Config):
-    name: str = "cnn"
-    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -40,8 +36,15 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return add
 
 
+def _builtins() -> dict[str, ModelFactory]:
+    """The registry, with dlforge's own architectures registered on first use."""
+    from dlforge.models import cnn, mlp, resnet  # noqa: F401  (importing registers them)
+
+    return _REGISTRY
+
+
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_builtins())
 
 
 def is_import_path(name: str) -> bool:
@@ -49,20 +52,39 @@ def is_import_path(name: str) -> bool:
     return ":" in name
 
 
+def _import_user_module(name: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        if exc.name != top:  # the module exists but something it imports does not
+            raise ConfigError(f"model '{name}': importing '{module_name}' failed ({exc})") from None
+    tried = []
+    for folder in [*SEARCH_DIRS, Path.cwd()]:
+        tried.append(str(folder))
+        if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+            sys.path.insert(0, str(folder))
+            try:
+                return importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"model '{name}': cannot import '{module_name}' ({exc})"
+                ) from None
+    raise ConfigError(
+        f"model '{name}': cannot import module '{module_name}': not on PYTHONPATH, nor in "
+        f"{', '.join(dict.fromkeys(tried))} (put {top}.py beside the recipe, or set PYTHONPATH)"
+    )
+
+
 def resolve_factory(name: str) -> ModelFactory:
     if is_import_path(name):
         module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"model '{name}': cannot import module '{module_name}' ({exc})"
-            ) from None
+        module = _import_user_module(name, module_name)
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise ConfigError(f"model '{name}': '{module_name}' has no callable '{attr}'")
         return fn
-    if name not in _REGISTRY:
+    if name not in _builtins():
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; registered: {list_models()}"
         raise ConfigError(f"unknown model '{name}'{hint} (or give 'package.module:function')")
@@ -87,3 +109,33 @@ def create_model(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory '{name}' returned {type(model).__name__}, not nn.Module")
     return model
+
+
+EXAMPLE_SHAPE = (3, 32, 32)  # the input `dlforge models` sizes every model on (CIFAR-like)
+
+
+def describe_models() -> list[dict[str, str]]:
+    """Name, one-line summary, main arguments and parameter count of every registered model."""
+    rows = []
+    for name in list_models():
+        fn = _REGISTRY[name]
+        doc = (inspect.getdoc(getattr(fn, "func", fn)) or "").strip().splitlines()
+        params = inspect.signature(fn).parameters.values()
+        args = [
+            f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty else p.name
+            for p in params
+            if p.name not in ("input_shape", "num_classes") and p.kind is not p.VAR_KEYWORD
+        ]
+        try:
+            model = fn(input_shape=EXAMPLE_SHAPE, num_classes=10)
+            count = sum(p.numel() for p in model.parameters())
+            size = f"{count:,} parameters on a 3x32x32 input with 10 classes"
+        except Exception as exc:  # a model that needs other inputs still gets listed
+            size = f"not sized on a 3x32x32 input ({type(exc).__name__})"
+        rows.append({
+            "name": name,
+            "summary": doc[0] if doc else "",
+            "arguments": ", ".join(args) or "none",
+            "parameters": size,
+        })  # fmt: skip
+    return rows

@@ -86,6 +86,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
+    """CIFAR ResNet-(6n+2): three stages of n basic blocks, widths w, 2w, 4w, identity (option A)
+    or projection (option B) shortcuts, He initialisation."""
+
     def __init__(
         self,
         input_shape: Sequence[int],

@@ -13,6 +13,20 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
+def _bytes_label(value: float, _pos: int) -> str:
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} B"
+
+
+def _accuracy_axis(ax: Any, values: list[float]) -> None:
+    """Accuracy axes end at 1, with a little room below the lowest point."""
+    if values:
+        low = min(values)
+        ax.set_ylim(max(0.0, low - 0.05 * max(1 - low, 0.02)), 1.0)
+
+
 def to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -31,6 +45,8 @@ def training_curves(history: dict[str, Any]) -> bytes:
             if any(v is not None for v in values):
                 ax.plot(x, values, marker="o", ms=3, label=split)
         ax.set(xlabel="epoch", ylabel=key, title=key)
+        if key == "accuracy":
+            ax.set_ylim(top=1.0)
         ax.grid(alpha=0.3)
         ax.legend()
     lrs = history["steps"]["lr"]
@@ -72,7 +88,8 @@ def confusion_matrix(cm: list[list[int]], class_names: list[str]) -> bytes:
 
 def _curve_panel(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.margins(0)
     ax.grid(alpha=0.3)
     return fig, ax
 
@@ -129,7 +146,9 @@ def gradient_norms(grad_norms: list[dict[str, float]]) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 1.5 + 0.22 * max(len(layers), 1)))
     if m.size:
         im = ax.imshow(np.log10(np.maximum(m, 1e-30)), aspect="auto", cmap="viridis")
-        fig.colorbar(im, ax=ax, label="log10 gradient L2 norm")
+        bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        bar.set_label("log10 gradient norm", fontsize=8)  # short: a long label was clipped
+        bar.ax.tick_params(labelsize=7)
         ax.set_yticks(range(len(layers)))
         ax.set_yticklabels(layers, fontsize=7)
         ax.set_xticks(range(len(grad_norms)))
@@ -158,6 +177,7 @@ def tradeoff(rows: list[dict[str, Any]]) -> bytes:
         ylabel="test accuracy",
         title="accuracy vs latency (marker area: file size; squares: no file)",
     )
+    _accuracy_axis(ax, [r["accuracy"] for r in rows if r.get("accuracy") is not None])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
@@ -176,7 +196,11 @@ def pareto(rows: list[dict[str, Any]]) -> bytes:
             label=f"{r['variant']} ({r['compression_x']:.1f}x)",
         )
     ax.set_xscale("log")
-    ax.set(xlabel="bytes stored (log)", ylabel="test accuracy", title="accuracy vs size")
+    # Decades labelled, minor ticks unlabelled: minor labels overlapped on a log axis.
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_bytes_label))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set(xlabel="bytes stored (log scale)", ylabel="test accuracy", title="accuracy vs size")
+    _accuracy_axis(ax, [r["accuracy"] for r in rows])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return to_png(fig)

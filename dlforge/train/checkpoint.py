@@ -12,6 +12,7 @@ crash leaves the previous file whole; ``remove_stray_temps`` clears what a kill 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dlforge.config import DlforgeError
+from dlforge.config import DlforgeError, to_dict
 
 META_KEY = "dlforge"
 TEMP_MARK = ".dlforge-"  # in every temporary name we write, so a clean-up touches only ours
@@ -100,6 +101,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_dict(obj)
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):

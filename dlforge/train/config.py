@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from dlforge.config import Config, ConfigError, check
 
@@ -33,12 +33,15 @@ class OptimizerConfig(Config):
 class ScheduleConfig(Config):
     """LR schedule, applied per optimizer step; epochs in ``step_size``/``milestones``."""
 
-    name: Literal["constant", "step", "multistep", "cosine", "onecycle", "plateau"] = "constant"
+    name: Literal[
+        "constant", "step", "multistep", "cosine", "cyclic_cosine", "onecycle", "plateau"
+    ] = "constant"
     warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr, before the schedule
     step_size: int = 10  # step: epochs between decays
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which to decay
     gamma: float = 0.1  # step, multistep: decay factor
     min_lr: float = 0.0  # cosine floor
+    cycles: int = 5  # cyclic_cosine: restarts over the run (a snapshot at the end of each)
     pct_start: float = 0.3  # onecycle: share of steps spent rising
     div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
     final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
@@ -52,6 +55,7 @@ class ScheduleConfig(Config):
         if self.name == "multistep" and not self.milestones:
             raise ConfigError("the multistep schedule needs milestones (epochs)", "milestones")
         check(self.step_size >= 1, "step_size", self.step_size, "must be >= 1")
+        check(self.cycles >= 1, "cycles", self.cycles, "must be >= 1")
         check(0 < self.gamma <= 1, "gamma", self.gamma, "must be in (0, 1]")
         check(self.min_lr >= 0, "min_lr", self.min_lr, "must be >= 0")
         check(0 < self.pct_start < 1, "pct_start", self.pct_start, "must be in (0, 1)")
@@ -94,6 +98,9 @@ class TrainConfig(Config):
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     label_smoothing: float = 0.0
     l1: float = 0.0  # L1 penalty on weights (not biases or norm layers)
+    # Explicit L2 penalty (coefficient/2 * sum w^2 in the loss) on the same weights. Under SGD it
+    # equals weight decay; under Adam it does not (Adam rescales it, AdamW's decay is not).
+    l2: float = 0.0
     bn_l1: float = 0.0  # L1 penalty on batch-norm scales (network slimming, Liu et al., 2017)
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
@@ -106,14 +113,53 @@ class TrainConfig(Config):
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
     deterministic: bool = False
     progress: bool | Literal["auto"] = "auto"  # auto: when stderr is a terminal
+    device: str = "auto"  # auto: this process's GPU when CUDA is present, else the CPU
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "accumulate_steps"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
               "must be in [0, 1)")  # fmt: skip
-        for key in ("l1", "bn_l1"):
+        for key in ("l1", "l2", "bn_l1"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
         for key in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, key)
             check(value is None or value > 0, key, value, "must be positive")
+        kind = self.device.split(":")[0]
+        check(kind in ("auto", "cpu", "cuda", "mps"), "device", self.device,
+              "must be auto, cpu, cuda, cuda:N or mps")  # fmt: skip
+
+
+@dataclass
+class FineTune(Config):
+    """How a technique trains after it changes a model (pruning, surgery, factorisation, Deep
+    Compression, QAT, codebooks) or trains a student: one config for all of them, AdamW."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "cosine"
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    seed: int = 0  # the batch order (and a student's initialisation)
+
+    def validate(self) -> None:
+        check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+              "must be in [0, 1)")  # fmt: skip
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The TrainConfig this fine-tuning runs with (quiet, no best-weights restoring)."""
+        base: dict[str, Any] = {
+            "epochs": max(self.epochs, 1),
+            "batch_size": self.batch_size,
+            "progress": False,
+            "restore_best": False,
+            "optimizer": OptimizerConfig(name="adamw", lr=self.lr, weight_decay=self.weight_decay),
+            "schedule": ScheduleConfig(name=self.schedule),
+            "label_smoothing": self.label_smoothing,
+        }
+        return TrainConfig(**{**base, **overrides})

@@ -64,6 +64,12 @@ class LRSchedule:
             span = max(1, self.total_steps - warm)
             t = min(max(step - warm, 0), span)
             lr = c.min_lr + (base - c.min_lr) * (1 + math.cos(math.pi * t / span)) / 2
+        elif c.name == "cyclic_cosine":
+            # Snapshot ensembles (Huang et al., 2017): cosine from the base rate to min_lr in
+            # each of ``cycles`` equal cycles, restarting at the base rate (SGDR's restarts).
+            period = max(1, self.total_steps // c.cycles)
+            t = step % period
+            lr = c.min_lr + (base - c.min_lr) * (1 + math.cos(math.pi * t / period)) / 2
         elif c.name == "onecycle":
             lr = self._onecycle(base, step)
         else:  # plateau

@@ -1,10 +1,16 @@
 """The training loop: ``Trainer(model, TrainConfig(...)).fit(train_loader, val_loader)``.
 
-It works on any ``nn.Module`` that maps a batch of inputs to class logits. What it adds to a
-hand-written loop (tested to give the same weights when all of it is switched off): parameter
-groups, LR schedules with warm-up, clipping, accumulation, mixed precision, channels_last, early
-stopping with best/last checkpoints, exact resume, a gradient-health monitor and a guard against
-NaN/inf losses.
+A loop, a step and callbacks. The loop moves batches to the device, runs the step (what a batch
+means: ``ClassificationStep`` by default), backward with accumulation and mixed precision,
+clipping and the optimizer with its LR schedule, and a NaN guard. Everything else is a callback
+(``train/callbacks.py``): the gradient monitor, weight penalties, best weights and early
+stopping, the epoch log, the progress bar and the checkpoints, next to the user's own (gradual
+pruning, QAT's batch-norm freezing, ...). With all of it switched off, the weights equal a
+hand-written loop's bit for bit (tests/test_trainer.py).
+
+Under ``torchrun`` the same loop runs data-parallel (``train/runtime.py``): the model is wrapped
+in DDP, each process reads its shard, metrics are summed over processes, and only the first
+process writes files.
 """
 
 from __future__ import annotations
@@ -14,17 +20,27 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from dlforge.config import DlforgeError
+from dlforge.train.callbacks import (
+    BATCH_EVENTS,
+    BestWeights,
+    Callback,
+    EpochHook,
+    EpochLog,
+    GradientMonitorCallback,
+    WeightPenalty,
+    overrides,
+)
 from dlforge.train.checkpoint import (
     CheckpointError,
     load_state,
@@ -36,11 +52,12 @@ from dlforge.train.checkpoint import (
     save_train_state,
 )
 from dlforge.train.config import TrainConfig
-from dlforge.train.monitor import GradientMonitor
-from dlforge.train.optim import build_optimizer, l1_penalty, split_decay
-from dlforge.train.precision import pick_device, resolve_channels_last, resolve_precision
-from dlforge.train.schedule import LRSchedule, metric_mode
+from dlforge.train.optim import build_optimizer, split_decay
+from dlforge.train.precision import resolve_channels_last, resolve_precision
+from dlforge.train.runtime import Runtime
+from dlforge.train.schedule import LRSchedule
 from dlforge.train.seed import deterministic_mode, rng_state, set_rng_state
+from dlforge.train.step import ClassificationStep, Step, StepOutput
 
 log = logging.getLogger("dlforge.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,65 +86,91 @@ class History:
 
 
 class Trainer:
-    """Trains ``model`` with ``config``; checkpoints go to ``out_dir``/checkpoints if given."""
+    """Trains ``model`` with ``config``; checkpoints go to ``out_dir``/checkpoints if given.
+
+    ``step`` defines the objective (default: classification with ``loss_fn`` or cross-entropy);
+    ``callbacks`` add behaviour at the loop's events. ``on_train_epoch_start`` takes a plain
+    ``fn(epoch, model)`` (or a Callback) for the common case of a per-epoch change.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         config: TrainConfig | None = None,
         *,
+        step: Step | None = None,
+        callbacks: Iterable[Callback] = (),
         loss_fn: LossFn | None = None,
         class_weights: torch.Tensor | None = None,
         out_dir: str | Path | None = None,
         meta: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
-        on_train_epoch_start: Callable[[int, nn.Module], None] | None = None,
+        runtime: Runtime | None = None,
+        on_train_epoch_start: Callable[[int, nn.Module], None] | Callback | None = None,
     ) -> None:
         self.config = cfg = config or TrainConfig()
-        self.device = torch.device(device) if device is not None else pick_device()
+        self.runtime = runtime or Runtime.from_env(device or cfg.device)
+        self.device = self.runtime.device
         self.model = model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, model)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        weight = class_weights.to(self.device) if class_weights is not None else None
-        self.loss_fn: LossFn = loss_fn or nn.CrossEntropyLoss(
-            weight=weight, label_smoothing=cfg.label_smoothing
-        )
+        self.step_fn = step or ClassificationStep(loss_fn, cfg.label_smoothing, class_weights)
         self.optimizer = build_optimizer(model, cfg.optimizer)
         self.scaler = self.precision.scaler()
-        self.monitor = GradientMonitor(model, cfg.grad_monitor)
-        self.l1_params = split_decay(model)[0] if cfg.l1 > 0 else []
-        self.bn_scales = (
-            [
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.forward_model = self.runtime.wrap(self.model)  # DDP under torchrun
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.meta = dict(meta or {})
+        self.history = History()
+        self.schedule: LRSchedule | None = None
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.steps_this_fit = 0  # optimizer steps taken by the last fit() (0: a finished run)
+        # Per-epoch flags the callbacks set: whether this epoch may be kept as the best (gradual
+        # pruning clears it until its final sparsity), whether it was, and whether to stop.
+        self.best_eligible = True
+        self.improved = False
+        self.should_stop = False
+        user = list(callbacks)
+        if on_train_epoch_start is not None:
+            user.append(
+                on_train_epoch_start
+                if isinstance(on_train_epoch_start, Callback)
+                else EpochHook(on_train_epoch_start)
+            )
+        self.callbacks = self._builtin_callbacks(user)
+        self._batch_callbacks = {
+            e: [c for c in self.callbacks if overrides(c, e)] for e in BATCH_EVENTS
+        }
+
+    def _builtin_callbacks(self, user: list[Callback]) -> list[Callback]:
+        """The loop's own features around the user's callbacks; checkpoints are written last,
+        once every other callback has updated the state they save."""
+        cfg, model = self.config, self.model
+        out: list[Callback] = [GradientMonitorCallback(model, cfg.grad_monitor), *user]
+        if cfg.l1 > 0:
+            out.append(WeightPenalty(split_decay(model)[0], cfg.l1, "l1"))
+        if cfg.l2 > 0:
+            out.append(WeightPenalty(split_decay(model)[0], cfg.l2, "l2"))
+        if cfg.bn_l1 > 0:
+            scales = [
                 m.weight
                 for m in model.modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
             ]
-            if cfg.bn_l1 > 0
-            else []
-        )
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.meta = dict(meta or {})
-        self.history = History()
-        # Called after model.train() at each epoch with the 0-based epoch (e.g. to freeze BN).
-        # A hook that changes the model as it trains (gradual pruning) may define
-        # ``best_eligible(epoch) -> bool``: epochs it returns False for are neither kept as the
-        # best weights nor counted by early stopping, so restoring the best never brings back
-        # a model from before the change was complete.
-        self.on_train_epoch_start = on_train_epoch_start
-        self.schedule: LRSchedule | None = None
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimizer steps taken
-        self._best_value: float | None = None
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self._bad_epochs = 0
-        self.steps_this_fit = 0  # optimizer steps taken by the last fit() (0: a finished run)
+            out.append(WeightPenalty(scales, cfg.bn_l1, "l1"))
+        self.best = BestWeights(cfg.early_stopping, cfg.early_stopping.monitor, cfg.restore_best)
+        return [*out, self.best, EpochLog()]
 
     # -- paths ---------------------------------------------------------------------------------
     def checkpoint_path(self, name: str) -> Path | None:
         return self.out_dir / "checkpoints" / f"{name}.safetensors" if self.out_dir else None
+
+    @property
+    def writes_files(self) -> bool:
+        return self.out_dir is not None and self.runtime.is_main
 
     # -- public API ---------------------------------------------------------------------------
     def fit(
@@ -147,84 +190,99 @@ class Trainer:
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.epochs
         )
-        monitor_name = self._monitor_name(val_loader is not None)
+        self.best.monitor = self._monitor_name(val_loader is not None)
         self.history.settings = {
             "device": str(self.device),
             "precision": self.precision.name,
             "channels_last": self.channels_last,
-            "monitor": monitor_name,
+            "monitor": self.best.monitor,
             "threads": torch.get_num_threads(),
+            "processes": self.runtime.world_size,
         }
-        if self.out_dir is not None:
+        if self.writes_files:
+            assert self.out_dir is not None
             for p in remove_stray_temps(self.out_dir / "checkpoints"):
                 log.info("removed %s, left by an interrupted write", p)
         if resume is not None:
             self._restore(Path(resume), train_loader.generator)
         first_step = self.step
-        log.info(
-            "training on %s, precision %s, channels_last %s",
+        log.log(
+            logging.DEBUG if self.config.progress is False else logging.INFO,
+            "training on %s%s, precision %s, channels_last %s",
             self.device,
+            f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else "",
             self.precision.name,
             self.channels_last,
         )
-        while self.epoch < cfg.epochs:
+        self._emit("on_fit_start")
+        while self.epoch < cfg.epochs and not self.should_stop:
+            self._set_sampler_epoch(train_loader)
+            self.best_eligible, self.improved = True, False
+            self.model.train()
+            self._emit("on_train_epoch_start")
             metrics = self._train_epoch(train_loader)
             if val_loader is not None:
                 metrics.update({f"val_{k}": v for k, v in self.evaluate_loss(val_loader).items()})
+                self._emit("on_validation_end", metrics)
             self.epoch += 1
             metrics["epoch"] = self.epoch
-            self._end_epoch(metrics, monitor_name, train_loader.generator)
-            if (
-                cfg.early_stopping.patience is not None
-                and self._bad_epochs > cfg.early_stopping.patience
-            ):
-                self.history.events.append(
-                    f"early stop after epoch {self.epoch}: {monitor_name} did not improve "
-                    f"for {self._bad_epochs} epochs"
-                )
-                log.info(self.history.events[-1])
-                break
+            self.schedule.epoch_end(metrics)
+            self._emit("on_train_epoch_end", metrics)
+            self.history.epochs.append(metrics)
+            if self.writes_files:
+                self._save(metrics, train_loader.generator)
         self.steps_this_fit = self.step - first_step
-        if cfg.restore_best and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
+        self._emit("on_fit_end")
         return self.history
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for c in self.callbacks:
+            getattr(c, event)(self, *args)
+
+    def _set_sampler_epoch(self, loader: DataLoader) -> None:
+        set_epoch = getattr(loader.sampler, "set_epoch", None)
+        if callable(set_epoch):  # DistributedSampler: a new shuffle each epoch
+            set_epoch(self.epoch)
+
+    def to_device(self, obj: Any) -> Any:
+        """Tensors (nested in tuples, lists, dicts) to the device; 4-D inputs in channels_last."""
+        if isinstance(obj, torch.Tensor):
+            obj = obj.to(self.device, non_blocking=True)
+            if self.channels_last and obj.dim() == 4 and obj.is_floating_point():
+                obj = obj.contiguous(memory_format=torch.channels_last)
+            return obj
+        if isinstance(obj, dict):
+            return {k: self.to_device(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self.to_device(v) for v in obj)
+        return obj
 
     @torch.no_grad()
     def evaluate_loss(self, loader: DataLoader) -> dict[str, float]:
-        """Mean loss and accuracy over ``loader`` in eval mode."""
+        """Mean loss and accuracy over ``loader`` in eval mode (summed over processes)."""
         was_training = self.model.training
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = 0
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self.precision.autocast():
-                out = self.model(x)
-            loss_sum += self.loss_fn(out.float(), y) * len(y)
-            correct += (out.argmax(1) == y).sum()
-            n += len(y)
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, n
+        for batch in loader:
+            out = self.step_fn(self.model, batch, self)
+            totals[0] += out.loss.detach().double() * out.size
+            totals[1] += _correct(out)
+            totals[2] += out.size
         self.model.train(was_training)
-        return {"loss": loss_sum.item() / max(n, 1), "accuracy": correct.item() / max(n, 1)}
+        if isinstance(loader.sampler, DistributedSampler):  # each process saw its shard
+            totals = self.runtime.sum(totals)
+        loss_sum, correct, n = totals.tolist()
+        return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
 
     # -- one epoch -------------------------------------------------------------------------------
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
-        cfg, model = self.config, self.model
-        model.train()
-        if self.on_train_epoch_start is not None:
-            self.on_train_epoch_start(self.epoch, model)
+        cfg = self.config
         accumulate = cfg.accumulate_steps
         n_batches = len(loader)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = skipped = 0
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, n
+        skipped = 0
         step_losses: list[torch.Tensor] = []
+        events = self._batch_callbacks
         # The bar is updated by hand: wrapping the loader in tqdm changes the order in which the
         # loader's generator is drawn from, which would break parity with a plain loop.
         bar = tqdm(
@@ -235,46 +293,48 @@ class Trainer:
             dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for i, (x_cpu, y_cpu) in enumerate(loader):
-            bar.update(1)
-            x, y = self._to_device(x_cpu, y_cpu)
-            with self.precision.autocast():
-                out = model(x)
-            loss = self.loss_fn(out.float(), y)  # the loss itself in fp32
-            if self.l1_params:
-                loss = loss + cfg.l1 * l1_penalty(self.l1_params)
-            if self.bn_scales:
-                loss = loss + cfg.bn_l1 * l1_penalty(self.bn_scales)
-            if not torch.isfinite(loss):
+        for i, batch in enumerate(loader):
+            for c in events["on_train_batch_start"]:
+                c.on_train_batch_start(self, batch, i)
+            out = self.step_fn(self.forward_model, batch, self)
+            for c in events["on_before_backward"]:
+                c.on_before_backward(self, out)
+            if not torch.isfinite(out.loss):
                 skipped += 1
-                self._on_nonfinite(loss, i)
+                self._on_nonfinite(out.loss, i)
                 continue
+            loss = out.loss
             self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            for c in events["on_after_backward"]:
+                c.on_after_backward(self)
             if (i + 1) % accumulate == 0 or i + 1 == n_batches:
                 self._optimizer_step()
             loss_d = loss.detach()
             step_losses.append(loss_d)
-            loss_sum += loss_d * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
+            totals[0] += loss_d.double() * out.size
+            totals[1] += _correct(out)
+            totals[2] += out.size
+            for c in events["on_train_batch_end"]:
+                c.on_train_batch_end(self, out, i)
+            bar.update(1)
             if i % 10 == 0 and not bar.disable:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(
                     loss=f"{loss_d.item():.4f}",
-                    acc=f"{correct.item() / max(seen, 1):.3f}",
                     lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                    sps=f"{seen / max(elapsed, 1e-9):.0f}",
+                    sps=f"{totals[2].item() / max(elapsed, 1e-9):.0f}",
                 )
         elapsed = time.perf_counter() - start
         bar.close()
         self.history.steps["loss"].extend(torch.stack(step_losses).tolist() if step_losses else [])
+        loss_sum, correct, seen = self.runtime.sum(totals).tolist()
         if seen == 0:
             raise NonFiniteLossError(
                 f"every batch of epoch {self.epoch + 1} had a non-finite loss; stopping"
             )
         metrics = {
-            "train_loss": loss_sum.item() / seen,
-            "train_accuracy": correct.item() / seen,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": seen / elapsed,
             "epoch_time_s": elapsed,
@@ -286,8 +346,8 @@ class Trainer:
     def _optimizer_step(self) -> None:
         cfg = self.config
         self.scaler.unscale_(self.optimizer)  # clip and monitor true gradients, not scaled ones
-        if self.monitor.should_sample(self.step):
-            self.monitor.sample()
+        for c in self._batch_callbacks["on_before_optimizer_step"]:
+            c.on_before_optimizer_step(self)
         if cfg.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm)
         if cfg.clip_grad_value is not None:
@@ -312,99 +372,48 @@ class Trainer:
         self.history.events.append(f"skipped a step: loss {loss.item()} at {where}")
         log.warning(self.history.events[-1])
 
-    # -- end of epoch: monitor, best/last checkpoints, early stopping -------------------------
     def _monitor_name(self, has_val: bool) -> str:
         name = self.config.early_stopping.monitor
         if not has_val and name.startswith("val_"):
             fallback = "train_" + name[4:]
-            log.info("no validation data: monitoring %s instead of %s", fallback, name)
+            log.debug("no validation data: monitoring %s instead of %s", fallback, name)
             return fallback
         return name
 
-    def _end_epoch(
-        self, metrics: dict[str, float], monitor_name: str, generator: torch.Generator | None
-    ) -> None:
-        grads = self.monitor.epoch_summary()
-        self.history.grad_norms.append(grads["norms"])
-        self.history.grad_flags.append({k: grads[k] for k in ("vanishing", "exploding")})
-        for kind in ("vanishing", "exploding"):
-            if grads[kind]:
-                log.warning("epoch %d: %s gradients in %s", self.epoch, kind, grads[kind])
-        assert self.schedule is not None
-        self.schedule.epoch_end(metrics)
-        if monitor_name not in metrics:
-            raise KeyError(
-                f"early_stopping.monitor '{monitor_name}' is not an epoch metric; "
-                f"choose one of {sorted(metrics)}"
-            )
-        eligible = self._best_eligible()
-        improved = eligible and self._is_improvement(metrics[monitor_name])
-        if improved:
-            self._best_value, self._bad_epochs = metrics[monitor_name], 0
-            self._best_state = copy.deepcopy(self.model.state_dict())
-            self.history.best = {
-                "epoch": self.epoch,
-                "step": self.step,
-                monitor_name: metrics[monitor_name],
-            }
-        elif eligible:
-            self._bad_epochs += 1
-        self.history.epochs.append(metrics)
-        log.info(
-            "epoch %d/%d %s",
-            self.epoch,
-            self.config.epochs,
-            " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"),
-        )
-        if self.out_dir is not None:
-            self._save(metrics, improved, generator)
-
-    def _best_eligible(self) -> bool:
-        hook = self.on_train_epoch_start
-        check = getattr(hook, "best_eligible", None)
-        return bool(check(self.epoch - 1)) if callable(check) else True
-
-    def _is_improvement(self, value: float) -> bool:
-        es = self.config.early_stopping
-        mode = metric_mode(es.monitor) if es.mode == "auto" else es.mode
-        if self._best_value is None:
-            return True
-        if mode == "min":
-            return value < self._best_value - es.min_delta
-        return value > self._best_value + es.min_delta
-
+    # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint_meta(self, metrics: dict[str, float]) -> dict[str, Any]:
         return {**self.meta, "epoch": self.epoch, "step": self.step, "metrics": metrics}
 
-    def _save(
-        self, metrics: dict[str, float], improved: bool, generator: torch.Generator | None
-    ) -> None:
+    def training_state(self, generator: torch.Generator | None) -> dict[str, Any]:
+        """Everything an exact resume needs: weights, optimizer, schedule, scaler, RNG (every
+        process's), history, and the step's and every callback's state."""
+        assert self.schedule is not None
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": {k: v.detach() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": self.runtime.gather(rng_state(generator)),
+            "history": self.history.to_dict(),
+            "step_fn": self.step_fn.state_dict(),
+            "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},
+        }
+
+    def _save(self, metrics: dict[str, float], generator: torch.Generator | None) -> None:
         """End-of-epoch files, in an order that a kill at any instant cannot break.
 
         The training state (weights included) is written first and alone decides a resume;
         ``best`` and ``last`` follow. A kill after the state but before them leaves files one
         epoch behind, which ``_restore`` rewrites from the state.
         """
-        assert self.schedule is not None
-        weights = {k: v.detach() for k, v in self.model.state_dict().items()}
-        state = {
-            "epoch": self.epoch,
-            "step": self.step,
-            "model": weights,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(generator),
-            "history": self.history.to_dict(),
-            "best_value": self._best_value,
-            "bad_epochs": self._bad_epochs,
-        }
-        last = self.checkpoint_path("last")
-        best = self.checkpoint_path("best")
+        state = self.training_state(generator)
+        last, best = self.checkpoint_path("last"), self.checkpoint_path("best")
         assert last is not None and best is not None
         save_train_state(state_path(last), state)
         meta = self._checkpoint_meta(metrics)
-        if improved:
+        if self.improved:
             save_checkpoint(best, self.model, meta)
         save_checkpoint(last, self.model, meta)
 
@@ -421,21 +430,25 @@ class Trainer:
             assert self.schedule is not None
             self.schedule.load_state_dict(state["schedule"])
             self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"], generator)
+            rngs = state["rng"]
+            set_rng_state(rngs[min(self.runtime.rank, len(rngs) - 1)], generator)
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.history = History.from_dict(state["history"])
-            self._best_value, self._bad_epochs = state["best_value"], int(state["bad_epochs"])
+            self.step_fn.load_state_dict(state.get("step_fn", {}))
+            saved = state.get("callbacks", {})
+            for c in self.callbacks:
+                if c.state_key in saved:
+                    c.load_state_dict(saved[c.state_key])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(f"cannot resume from {spath}: {exc!r}") from None
         self._restore_best(spath)
-        if self.out_dir is not None and self.history.epochs:
-            meta = self._checkpoint_meta(self.history.epochs[-1])
+        if self.writes_files and self.history.epochs:
             last = self.checkpoint_path("last")
             assert last is not None
             if _step_of(last) != self.step:
-                save_checkpoint(last, self.model, meta)
+                save_checkpoint(last, self.model, self._checkpoint_meta(self.history.epochs[-1]))
         self.history.events.append(f"resumed from {spath} at epoch {self.epoch}, step {self.step}")
         log.info(self.history.events[-1])
 
@@ -450,8 +463,8 @@ class Trainer:
         )
         assert best is not None
         if best_step == self.step:  # the best is the state's own weights
-            self._best_state = copy.deepcopy(self.model.state_dict())
-            if self.out_dir is not None and _step_of(best) != self.step:
+            self.best.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            if self.writes_files and _step_of(best) != self.step:
                 save_checkpoint(best, self.model, self._checkpoint_meta(self.history.epochs[-1]))
             return
         if _step_of(best) != best_step:
@@ -459,12 +472,21 @@ class Trainer:
                 "best checkpoint %s is not the one from step %s: not restored", best, best_step
             )
             return
-        best_model = copy.deepcopy(self.model)
-        self._best_state = load_weights(best, best_model).state_dict()
+        self.best.best_state = load_weights(best, copy.deepcopy(self.model)).state_dict()
 
     def _show_progress(self) -> bool:
+        """A bar where a person watches: a terminal or a notebook (tqdm.auto draws a widget)."""
         mode = self.config.progress
-        return mode is True or (mode == "auto" and sys.stderr.isatty())
+        watched = sys.stderr.isatty() or "ipykernel" in sys.modules
+        return self.runtime.is_main and (mode is True or (mode == "auto" and watched))
+
+
+def _correct(out: StepOutput) -> torch.Tensor:
+    """Correct predictions in a batch; soft targets count their most likely class."""
+    if out.logits is None or out.target is None:
+        return torch.zeros((), dtype=torch.float64, device=out.loss.device)
+    target = out.target.argmax(1) if out.target.dim() > 1 else out.target
+    return (out.logits.detach().argmax(1) == target).sum().double()
 
 
 def state_path(checkpoint: Path) -> Path:

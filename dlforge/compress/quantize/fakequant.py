@@ -17,66 +17,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from dlforge.compress.quantize.config import QuantConfig
 from dlforge.compress.quantize.fold import BN_TYPES, fold_batch_norm, fold_into, trace
 from dlforge.compress.quantize.observers import Observer, make_observer
 from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
-from dlforge.config import Config, check
 
 QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 RELU_FUNCS = (F.relu, torch.relu)
 POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
                 nn.MaxPool1d, nn.MaxPool2d)  # fmt: skip
 ADD_FUNCS = (operator.add, operator.iadd, torch.add)
-
-
-@dataclass
-class QuantConfig(Config):
-    weight_bits: int = 8
-    activation_bits: int = 8
-    weight_scheme: Literal["symmetric", "asymmetric"] = "symmetric"
-    activation_scheme: Literal["asymmetric", "symmetric"] = "asymmetric"
-    # uint8 activations: x86 ORT kernels are U8S8 (uint8 x int8); signed int8 left half the
-    # convs in float in our measurements (BENCHMARKS.md).
-    activation_signed: bool = False
-    granularity: Literal["per_channel", "per_tensor"] = "per_channel"  # for weights
-    # "auto": try the calibrators below and keep the one with the best validation accuracy
-    observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy", "auto"] = "minmax"
-    calibration_batches: int = 16
-    learn_step_size: bool = False  # QAT: LSQ weight scales (Esser et al., 2020)
-    # Quantize the model's output (logits) too, as ORT's quantize_static does, so ORT can run
-    # the last Gemm as QGemm. Off by default: it cost accuracy resolution and gained no
-    # measurable speed on our models (BENCHMARKS.md).
-    quantize_output: bool = False
-    skip: list[str] = field(default_factory=list)  # layer names to keep in float
-
-    def validate(self) -> None:
-        for key in ("weight_bits", "activation_bits"):
-            check(2 <= getattr(self, key) <= 8, key, getattr(self, key), "must be in 2..8")
-        check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches,
-              "must be >= 1")  # fmt: skip
-
-    def weight_spec(self) -> QuantSpec:
-        return QuantSpec(
-            bits=self.weight_bits,
-            symmetric=self.weight_scheme == "symmetric",
-            signed=True,
-            per_channel=self.granularity == "per_channel",
-            axis=0,
-        )
-
-    def activation_spec(self) -> QuantSpec:
-        return QuantSpec(
-            bits=self.activation_bits,
-            symmetric=self.activation_scheme == "symmetric",
-            signed=self.activation_signed,
-        )
 
 
 class ActQuant(nn.Module):
@@ -397,18 +354,15 @@ def qat(
     until epoch ``freeze_bn_epoch`` (0-based), then keep their running statistics. Finally BN
     is folded and the model is ready to export.
     """
-    from dlforge.train import TrainConfig, Trainer
+    from dlforge.train import FreezeBatchNorm, TrainConfig, Trainer
 
     config = config or QuantConfig()
     plan = prepare(model, config, fold_bn=False)
     calibrate(plan, train_loader)
     start_qat(plan)
 
-    def on_epoch(epoch: int, module: nn.Module) -> None:
-        if freeze_bn_epoch is not None and epoch >= freeze_bn_epoch:
-            freeze_batch_norm(module)
-
-    trainer = Trainer(plan.model, train_config or TrainConfig(), on_train_epoch_start=on_epoch)
+    callbacks = [FreezeBatchNorm(freeze_bn_epoch)] if freeze_bn_epoch is not None else []
+    trainer = Trainer(plan.model, train_config or TrainConfig(), callbacks=callbacks)
     trainer.fit(train_loader, val_loader)
     plan.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return convert_qat(plan)

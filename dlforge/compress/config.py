@@ -1,0 +1,45 @@
+"""Compression settings that recipes hold (no torch here: loading a recipe stays instant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from dlforge.config import Config, check
+from dlforge.train.config import FineTune
+
+
+@dataclass
+class DeepCompressionConfig(Config):
+    """Deep Compression (Han et al., 2016): gradual pruning while fine-tuning, BN folded,
+    k-means weight sharing with centroid fine-tuning, Huffman-coded relative indices."""
+
+    sparsity: float = 0.9
+    prune_share: float = 0.5  # share of the pruning epochs that raise sparsity; the rest recover
+    finetune: FineTune = field(default_factory=lambda: FineTune(epochs=20, lr=1e-3))
+    weight_bits: int = 4  # 2^bits shared weights per layer
+    # Centroid fine-tuning after sharing (BN is folded by then, hence the small rate).
+    codebook: FineTune = field(
+        default_factory=lambda: FineTune(epochs=2, lr=1e-4, schedule="constant")
+    )
+    index_bits_conv: int = 8  # the paper's choice: 8 bits for conv, 5 for fully connected
+    index_bits_linear: int = 5
+    # Fold batch norm into the convs first: the deployed model has no BN, so its four vectors
+    # per channel need not be stored (they were half of a small CNN's compressed file).
+    fold_bn: bool = True
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "prune_epochs": "finetune.epochs",
+        "lr": "finetune.lr",
+        "codebook_epochs": "codebook.epochs",
+        "codebook_lr": "codebook.lr",
+        "label_smoothing": "finetune.label_smoothing",
+    }
+
+    def validate(self) -> None:
+        check(0 <= self.sparsity < 1, "sparsity", self.sparsity, "must be in [0, 1)")
+        check(0 < self.prune_share <= 1, "prune_share", self.prune_share, "must be in (0, 1]")
+        check(self.finetune.epochs >= 1, "finetune.epochs", self.finetune.epochs, "must be >= 1")
+        check(1 <= self.weight_bits <= 8, "weight_bits", self.weight_bits, "must be in 1..8")
+        for key in ("index_bits_conv", "index_bits_linear"):
+            check(1 <= getattr(self, key) <= 16, key, getattr(self, key), "must be in 1..16")

@@ -1,0 +1,335 @@
+"""The report's sections, one per stage: tables as a paper prints them and embedded figures.
+
+Each function takes its stage's part of ``metrics.json`` (and a list to add notes to when a
+figure cannot be drawn) and returns HTML parts; the stages' ``report`` methods call them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from typing import Any
+
+from dlforge.report import plots
+from dlforge.report.tables import html_table, kv_table
+
+COMPRESS_COLUMNS = ["variant", "accuracy", "accuracy_drop_points", "params", "nonzero_params",
+                    "macs", "stored_bytes", "compression_x", "latency_p50_ms", "throughput_b64",
+                    "throughput_x"]  # fmt: skip
+BENCH_COLUMNS = ["variant", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
+                 "throughput_b64", "throughput_x", "file_bytes", "size_x"]  # fmt: skip
+EPOCH_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                 "samples_per_s", "epoch_time_s", "skipped_batches"]  # fmt: skip
+INFO_EVENTS = ("resumed", "nothing to resume")  # events that are news, not trouble
+
+
+def _event_class(event: str) -> str:
+    return "muted" if event.startswith(INFO_EVENTS) else "flag"
+
+
+def _sparsity_speed_note(rows: list[dict[str, Any]]) -> str:
+    """The plain statement the report owes about unstructured sparsity, with its numbers."""
+    by = {r.get("variant"): r for r in rows}
+    base, pruned = by.get("baseline"), by.get("prune")
+    text = (
+        "Unstructured pruning keeps dense tensor shapes, so dense kernels do the same work: "
+        "zeros buy no speed, only bytes once encoded sparsely (Deep Compression)."
+    )
+    if base and pruned and pruned.get("params"):
+        zeros = 1 - pruned["nonzero_params"] / pruned["params"]
+        text += (
+            f" Measured here: {zeros:.0%} zeros run at {pruned['throughput_x']:.2f}x the "
+            f"baseline's ONNX Runtime throughput (batch-1 latency {pruned['latency_p50_ms']:.3g} "
+            f"ms against {base['latency_p50_ms']:.3g} ms)."
+        )
+    return text
+
+
+def figure(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f"<figure data-figure='{name}'><img alt='{html.escape(caption)}' "
+        f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def safe_figure(name: str, draw: Callable[[], bytes], caption: str, notes: list[str]) -> str:
+    try:
+        return figure(name, draw(), caption)
+    except Exception as exc:  # a figure that cannot be drawn must not sink the report
+        notes.append(f"figure '{name}' could not be drawn: {exc}")
+        return f"<p class='flag'>figure {html.escape(name)} could not be drawn: {html.escape(str(exc))}</p>"
+
+
+def evaluate_section(ev: dict[str, Any], notes: list[str]) -> list[str]:
+    """Metrics, per-class table, curves, calibration and clustering."""
+    parts: list[str] = []
+    parts.append(f"<h2>Metrics ({html.escape(ev['split'])} split, {ev['n_samples']} samples)</h2>")
+    parts.append(kv_table(ev["summary"]))
+    parts.append("<h3>Per class</h3>" + html_table(ev["per_class"]))
+    class_names = [row["class"] for row in ev["per_class"]]
+    parts.append(
+        safe_figure(
+            "confusion_matrix",
+            lambda: plots.confusion_matrix(ev["confusion_matrix"], class_names),
+            "Confusion matrix: rows are true classes, columns predictions.",
+            notes,
+        )
+    )
+    parts.append(
+        safe_figure(
+            "roc",
+            lambda: plots.roc_curves(ev["curves"]["roc"]),
+            "ROC curves: true-positive rate against false-positive rate.",
+            notes,
+        )
+    )
+    parts.append(
+        safe_figure(
+            "pr",
+            lambda: plots.pr_curves(ev["curves"]["pr"]),
+            "Precision-recall curves with average precision.",
+            notes,
+        )
+    )
+    parts.append(
+        safe_figure(
+            "reliability",
+            lambda: plots.reliability_diagram(
+                ev["reliability"], ev["summary"]["expected_calibration_error"]
+            ),
+            "Reliability diagram: accuracy per confidence bin; the gap is miscalibration.",
+            notes,
+        )
+    )
+    if "clustering" in ev:
+        cl = ev["clustering"]
+        parts.append(
+            f"<h3>Clustering of {cl['embedding_dim']}-d penultimate embeddings "
+            f"into {cl['n_clusters']} clusters</h3>"
+        )
+        rows = [{"algorithm": a, **s} for a, s in cl.items() if isinstance(s, dict)]
+        parts.append(html_table(rows))
+    return parts
+
+
+def train_section(tr: dict[str, Any], notes: list[str]) -> list[str]:
+    """Settings, curves, gradient norms, events and the epoch table."""
+    parts: list[str] = []
+    parts.append("<h2>Training</h2>")
+    parts.append(
+        kv_table(
+            {
+                **tr.get("settings", {}),
+                **{f"best {k}": v for k, v in tr.get("best", {}).items()},
+            }
+        )
+    )
+    parts.append(
+        safe_figure(
+            "training_curves",
+            lambda: plots.training_curves(tr),
+            "Loss and accuracy per epoch; learning rate per optimizer step.",
+            notes,
+        )
+    )
+    if tr.get("grad_norms") and any(tr["grad_norms"]):
+        parts.append(
+            safe_figure(
+                "gradient_norms",
+                lambda: plots.gradient_norms(tr["grad_norms"]),
+                "Per-layer gradient L2 norms (mean over sampled steps).",
+                notes,
+            )
+        )
+    flagged = [
+        f"epoch {i + 1}: {kind} in {', '.join(layers)}"
+        for i, flags in enumerate(tr.get("grad_flags", []))
+        for kind, layers in flags.items()
+        if layers
+    ]
+    events = tr.get("events", []) + flagged
+    parts.append(
+        "<h3>Events</h3>"
+        + (
+            "<ul>"
+            + "".join(f"<li class='{_event_class(e)}'>{html.escape(e)}</li>" for e in events)
+            + "</ul>"
+            if events
+            else "<p class='muted'>no early stop, no non-finite loss, no flagged gradients</p>"
+        )
+    )
+    parts.append("<h3>Epochs</h3>" + html_table(tr["epochs"], EPOCH_COLUMNS))
+    return parts
+
+
+def compress_section(title: str, cz: dict[str, Any], notes: list[str]) -> list[str]:
+    """Every compression variant beside the baseline."""
+    parts: list[str] = []
+    parts.append(f"<h2>{html.escape(title)}</h2>")
+    parts.append(html_table(cz["rows"], COMPRESS_COLUMNS))
+    parts.append(
+        safe_figure(
+            "pareto",
+            lambda: plots.pareto(cz["rows"]),
+            "Accuracy against bytes stored; the baseline is the uncompressed model.",
+            notes,
+        )
+    )
+    parts.append(f"<p>{html.escape(_sparsity_speed_note(cz['rows']))}</p>")
+    lines = _compress_notes(cz.get("notes", {}))
+    if lines:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
+    return parts
+
+
+def _compress_notes(notes: dict[str, Any]) -> list[str]:
+    """What each technique's row does not show: what was counted, missed or left out."""
+    lines = []
+    prune = notes.get("prune", {})
+    if prune.get("left_out"):
+        lines.append(
+            f"Unstructured pruning: {prune['global']:.1%} of the conv/linear weights are zero, "
+            f"{prune['all_parameters']:.1%} of all parameters; not pruned: "
+            + ", ".join(prune["left_out"])
+        )
+    st = notes.get("structured", {})
+    if "skipped" in st:
+        lines.append(f"Structured pruning: no row, {st['skipped']} (kept whole: {st['pinned']})")
+    elif st.get("macs_target") is not None:
+        lines.append(
+            f"Structured pruning removed {st['macs_removed']:.1%} of the MACs "
+            f"(target {st['macs_target']:.0%})"
+        )
+    account = notes.get("deep_compression", {}).get("account")
+    if account:
+        lines.append(
+            f"Deep Compression file: {account['file_bytes']:,} bytes, {account['file_ratio']:.1f}x "
+            f"smaller than fp32 weights ({account['fp32_bytes']:,} bytes); the storage account "
+            f"without container overhead: {account['account_bytes']:,} bytes "
+            f"({account['account_ratio']:.1f}x)"
+        )
+    return lines
+
+
+def quantize_section(title: str, qz: dict[str, Any], notes: list[str]) -> list[str]:
+    """int8 accuracy and size, the layers quantized, sharing, mixed precision."""
+    parts: list[str] = []
+    parts.append(f"<h2>{html.escape(title)}</h2>")
+    parts.append(
+        kv_table(
+            {
+                **{f"accuracy: {k}": v for k, v in qz["accuracy"].items()},
+                "ONNX Runtime vs fake-quant top-1 agreement": qz[
+                    "ort_vs_fake_quant_top1_agreement"
+                ],
+                "max |logit difference|": qz["ort_vs_fake_quant_max_abs_logit_diff"],
+                "file bytes fp32": qz["bytes"]["fp32"],
+                "file bytes int8": qz["bytes"]["int8"],
+                "int8 / fp32 size": qz["bytes"]["int8"] / qz["bytes"]["fp32"],
+            }
+        )
+    )
+    parts.append(
+        kv_table(
+            {
+                "method": qz.get("method", "ptq"),
+                "calibrator used": qz.get("observer", ""),
+                "quantized layers": ", ".join(qz["quantized_layers"]) or "none",
+                "layers left in float": ", ".join(qz["float_layers"]) or "none",
+                "batch norms folded": ", ".join(qz["folded_batch_norms"]) or "none",
+                "settings": ", ".join(f"{k}={v}" for k, v in qz["config"].items()),
+            }
+        )
+    )
+    if qz.get("observer_search"):
+        parts.append("<h3>Calibrator chosen automatically (validation accuracy)</h3>")
+        parts.append(html_table(qz["observer_search"]))
+    cb = qz.get("codebook")
+    if cb:
+        parts.append(f"<h3>Weight sharing: {cb['bits']}-bit k-means codebooks</h3>")
+        parts.append(
+            kv_table(
+                {
+                    "test accuracy before / after centroid fine-tuning": f"{cb['accuracy_before_fine_tuning']:.4f} / {cb['accuracy']:.4f}",
+                    "weight bytes (codebook / fp32)": f"{cb['weight_bytes']:.0f} / {cb['fp32_weight_bytes']:.0f}",
+                    "layers": ", ".join(cb["layers"]),
+                }
+            )
+        )
+    mp = qz.get("mixed_precision")
+    if mp:
+        parts.append(
+            "<h3>Per-layer weight sensitivity (val split, one layer quantized at a time)</h3>"
+        )
+        parts.append(html_table(mp["sensitivity"]))
+        parts.append("<h3>Mixed precision chosen</h3>")
+        parts.append(
+            kv_table(
+                {
+                    "bits per layer": ", ".join(f"{k}: {v}" for k, v in mp["bits"].items()),
+                    "val accuracy fp32": mp["baseline_accuracy"],
+                    "val accuracy mixed": mp["accuracy"],
+                    "test accuracy mixed": mp["test_accuracy"],
+                    "weight bytes (mixed / fp32)": f"{mp['weight_bytes']:.0f} / {mp['fp32_weight_bytes']:.0f}",
+                }
+            )
+        )
+    return parts
+
+
+def bench_section(title: str, bench: dict[str, Any], notes: list[str]) -> list[str]:
+    """Latency, throughput and accuracy of every variant."""
+    parts: list[str] = []
+    parts.append(
+        f"<h2>{html.escape(title)} ({html.escape(str(bench['config'].get('threads')))} threads; "
+        f"baseline: {html.escape(bench['baseline'])})</h2>"
+    )
+    parts.append(html_table(bench["rows"], BENCH_COLUMNS))
+    parts.append(
+        safe_figure(
+            "tradeoff",
+            lambda: plots.tradeoff(bench["rows"]),
+            "Accuracy against batch-1 latency for every variant.",
+            notes,
+        )
+    )
+    return parts
+
+
+def crossval_section(title: str, cv: dict[str, Any], notes: list[str]) -> list[str]:
+    """Per-fold metrics, their mean ± sd, and the single split's estimate beside them."""
+    del notes
+    parts = [f"<h2>{html.escape(title)}: {len(cv['folds'])} folds ({html.escape(cv['kind'])})</h2>"]
+    rows = []
+    for key, s in cv["summary"].items():
+        rows.append({"metric": key.replace("_", " "), "mean": s["mean"], "sd": s["std"],
+                     "min": s["min"], "max": s["max"],
+                     "single split": cv.get("single_split", {}).get(key)})  # fmt: skip
+    parts.append(html_table(rows))
+    folds = [
+        {"fold": f["fold"], **({"error": f"{f['error']['type']}: {f['error']['message']}"}
+                               if "error" in f else {k: f.get(k) for k in
+                               ("accuracy", "f1_macro", "log_loss", "epochs")})}
+        for f in cv["folds"]
+    ]  # fmt: skip
+    parts.append("<h3>Folds</h3>" + html_table(folds))
+    return parts
+
+
+def ensemble_section(title: str, ens: dict[str, Any], notes: list[str]) -> list[str]:
+    """The single model, each member and the ensemble; the ensemble's speed on ONNX Runtime."""
+    del notes
+    parts = [
+        f"<h2>{html.escape(title)}: {html.escape(ens['kind'])}, {html.escape(ens['voting'])} "
+        "voting</h2>",
+        html_table(ens["rows"], ["variant", "accuracy", "expected_calibration_error", "log_loss"]),
+        f"<p>The ensemble scores {ens['gain_points']:+.2f} points against its mean member.</p>",
+    ]
+    if ens.get("speed"):
+        parts.append("<h3>Cost on ONNX Runtime (one graph for all members)</h3>")
+        parts.append(html_table(ens["speed"], ["variant", "latency_p50_ms", "latency_x",
+                                               "throughput_b64", "throughput_x", "file_bytes",
+                                               "size_x"]))  # fmt: skip
+    return parts

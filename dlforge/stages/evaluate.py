@@ -1,0 +1,40 @@
+"""The evaluate stage: every metric of the trained model on the chosen split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlforge.stages.base import RunContext, Stage
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    title = "Metrics"
+
+    def enabled(self, recipe: Any) -> bool:
+        return True
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from dlforge.evaluate import evaluate_model
+
+        cfg = ctx.recipe.evaluate
+        return evaluate_model(
+            ctx.model,
+            ctx.data.loader(cfg.split, cfg.batch_size),
+            ctx.data.class_names,
+            cfg,
+            device=next(ctx.model.parameters()).device,
+            seed=ctx.seed,
+        )
+
+    def report(self, result: dict[str, Any], notes: list[str]) -> list[str]:
+        from dlforge.report.sections import evaluate_section
+
+        return evaluate_section(result, notes)
+
+    def summary(self, result: dict[str, Any]) -> list[str]:
+        s = result["summary"]
+        return [
+            f"{result['split']} accuracy {s['accuracy']:.4f}  macro F1 {s['f1_macro']:.4f}  "
+            f"ECE {s['expected_calibration_error']:.4f}  ({result['n_samples']} samples)"
+        ]

@@ -1,0 +1,108 @@
+"""Training a recipe's model: the one place that turns a recipe into a Trainer.
+
+The run's training, every cross-validation fold and every ensemble member go through ``fit``, so
+they share the step (augmentation included), the callbacks and, under ``torchrun``, the
+sharding of the training data over processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Sampler
+
+    from dlforge.data import DataBundle
+    from dlforge.recipe import Recipe
+    from dlforge.train import Callback, Step, Trainer
+    from dlforge.train.runtime import Runtime
+
+
+def make_model(recipe: Recipe, data: DataBundle, seed: int | None = None) -> nn.Module:
+    """The recipe's model for ``data``, initialised from ``seed`` (default: the recipe's)."""
+    import torch
+
+    from dlforge.models import create_model
+
+    torch.manual_seed(recipe.seed if seed is None else seed)
+    return create_model(
+        recipe.model.name, data.input_shape, data.num_classes, **recipe.model.kwargs
+    )
+
+
+def make_step(recipe: Recipe, data: DataBundle) -> Step:
+    """Classification with the recipe's label smoothing and, when configured, augmentation."""
+    from dlforge.data.augment import BatchAugment
+    from dlforge.train import ClassificationStep
+
+    augment = BatchAugment(recipe.data.augment, data.num_classes)
+    return ClassificationStep(
+        label_smoothing=recipe.train.label_smoothing,
+        augment=augment if augment.active else None,
+    )
+
+
+def make_trainer(
+    recipe: Recipe,
+    data: DataBundle,
+    model: nn.Module,
+    *,
+    out_dir: Path | None = None,
+    meta: dict[str, Any] | None = None,
+    callbacks: Iterable[Callback] = (),
+    runtime: Runtime | None = None,
+    train_config: Any = None,
+) -> Trainer:
+    from dlforge.train import Trainer
+
+    return Trainer(
+        model,
+        train_config or recipe.train,
+        step=make_step(recipe, data),
+        callbacks=callbacks,
+        out_dir=out_dir,
+        meta=meta,
+        runtime=runtime,
+    )
+
+
+def train_with(
+    trainer: Trainer,
+    recipe: Recipe,
+    data: DataBundle,
+    *,
+    seed: int | None = None,
+    sampler: Sampler[int] | None = None,
+    resume: Path | None = None,
+) -> Trainer:
+    """Run ``trainer`` on the training split (sharded over processes under torchrun), validating
+    on the validation split; ``seed`` sets the batch order."""
+    import torch
+
+    seed = recipe.seed if seed is None else seed
+    generator = torch.Generator().manual_seed(seed)
+    batch = trainer.config.batch_size
+    train = data.loader("train", batch, shuffle=True, generator=generator, sampler=sampler)
+    if trainer.runtime.distributed:
+        train = trainer.runtime.shard(train, seed)
+    trainer.fit(train, data.loader("val", recipe.evaluate.batch_size), resume=resume)
+    return trainer
+
+
+def fit(
+    recipe: Recipe,
+    data: DataBundle,
+    model: nn.Module,
+    *,
+    seed: int | None = None,
+    callbacks: Iterable[Callback] = (),
+    sampler: Sampler[int] | None = None,
+    train_config: Any = None,
+) -> Trainer:
+    """Train ``model`` on ``data`` as the recipe says, writing nothing (cross-validation folds,
+    ensemble members); returns the Trainer (its model holds the best weights)."""
+    trainer = make_trainer(recipe, data, model, callbacks=callbacks, train_config=train_config)
+    return train_with(trainer, recipe, data, seed=seed, sampler=sampler)

@@ -1,0 +1,118 @@
+"""Where training runs: one process, or data-parallel processes started by ``torchrun``.
+
+``Runtime.from_env()`` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
+with more than one process it joins the process group (NCCL on GPUs, gloo on CPUs), pins each
+process to its device, and the Trainer then wraps the model in ``DistributedDataParallel``, sums
+its metrics over processes and lets only the first process write files. The techniques never
+see any of it: a step calls the model, DDP averages the gradients.
+
+    torchrun --nproc-per-node 2 -m dlforge train recipes/default.yaml
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 \\
+        --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dlforge train recipe.yaml
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dlforge.config import ConfigError
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: the process's GPU when CUDA is there, else the CPU; or an explicit device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"asks for {name!r} but CUDA is not available here", "device")
+    return device
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str | torch.device = "auto") -> Runtime:
+        """One process, or this process's place in a torchrun job (joining its group)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        dev = device if isinstance(device, torch.device) else resolve_device(device, local)
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            dist.init_process_group(backend=backend)
+        return cls(dev, rank if world > 1 else 0, world, local)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training forward runs through: DDP when distributed."""
+        if not self.distributed:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over processes (the process's own ``t`` when alone)."""
+        if self.distributed:
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (a list of one when alone)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def shard(self, loader: DataLoader, seed: int, shuffle: bool = True) -> DataLoader:
+        """This process's share of ``loader``'s data, ``loader.batch_size / world`` a batch, so
+        that the global batch stays what the recipe says."""
+        if not self.distributed:
+            return loader
+        batch = loader.batch_size or 1
+        if batch % self.world_size:
+            raise ConfigError(
+                f"batch size {batch} does not split over {self.world_size} processes",
+                "train.batch_size",
+            )
+        sampler: DistributedSampler[int] = DistributedSampler(
+            loader.dataset, self.world_size, self.rank, shuffle=shuffle, seed=seed
+        )
+        return DataLoader(
+            loader.dataset,
+            batch_size=batch // self.world_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+        )
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
