@@ -41,7 +41,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "data": {"source": "digits", "train_fraction": 0.1},
         "model": {"name": "cnn", "kwargs": {"channels": [32, 64]}},
         "train": {
-            "epochs": 60,
+            "epochs": 100,
             "batch_size": 32,
             "optimizer": {"name": "adamw", "lr": 3e-3},
             "schedule": {"name": "cosine"},

@@ -1,5 +1,10 @@
-"""The ``dlforge`` command: ``run``, ``train``, ``evaluate``, ``quantize``, ``compress``,
-``bench``, ``report``, ``models``.
+"""The ``dlforge`` command: ``run`` (every stage a recipe enables), ``train``, ``cv``,
+``evaluate``, ``quantize``, ``compress``, ``bench``, ``report``, ``models``.
+
+Each command ends with a short summary on stdout (each stage's own ``summary``) and the paths it
+wrote; logs go to stderr. Only the error base class is imported at the top, so ``--help`` does
+not load torch. Under ``torchrun`` (``torchrun --nproc-per-node N -m dlforge train RECIPE``)
+training runs data-parallel.
 
 Every failure ends in one line on stderr naming what went wrong, never a traceback unless
 ``--debug`` asks for it: exit 2 for bad input (recipe, data, checkpoint, file), exit 1 for a stage
@@ -195,6 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         recipe = _recipe(args)
         outcome = pipeline.run(recipe, resume=args.resume)
+        if not outcome.main:  # another process of a torchrun job: the first one reports
+            return 0
         _section("Training", _train_lines(outcome.metrics["train"]))
         _summaries(outcome.metrics)
         timings = outcome.metrics["timings"]
@@ -206,6 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         recipe = _recipe(args)
         result = pipeline.train(recipe, resume=args.resume)
+        if result.get("main") is False:
+            return 0
         _section("Training", _train_lines(result["train"]))
         _wrote([result["model"]["checkpoint"]])
         return 0

@@ -88,6 +88,7 @@ class RunResult:
     metrics: dict[str, Any]
     model: nn.Module
     data: DataBundle
+    main: bool = True  # False in the other processes of a distributed run (they only train)
 
     @property
     def report_path(self) -> Path:
@@ -204,8 +205,10 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         if runtime.is_main:
             _write_results(run_dir, failed.result, recipe.report.enabled)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
+    finally:
+        runtime.close()  # the later stages run in the first process alone
     if not runtime.is_main:
-        return RunResult(run_dir=run_dir, metrics=result, model=trainer.model, data=data)
+        return RunResult(run_dir, result, trainer.model, data, main=False)
     ctx = RunContext(recipe, run_dir, data, trainer.model, results=result)
     failure = run_stages(ctx, timings)
     timings["total"] = round(time.perf_counter() - start, 3)
@@ -255,10 +258,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         if runtime.is_main:
             _write_results(run_dir, failed.result, False)
         raise StageError("train", failed.cause, run_dir / "metrics.json") from failed.cause
+    finally:
+        runtime.close()
     _stage(timings, "train", t)
     result["timings"] = timings
     if not runtime.is_main:
-        return result
+        return result | {"main": False}
     metrics_path = run_dir / "metrics.json"
     if resume and trainer.steps_this_fit == 0 and metrics_path.exists():
         try:

@@ -7,6 +7,7 @@ one). The resolved recipe is saved with the run.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    data = dict(data)
+    """A Recipe from a nested dict with ``--set``-style overrides; ``data`` is left unchanged."""
+    data = copy.deepcopy(data)  # overrides write into nested sections: never into the caller's
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(data, key, value, Recipe)

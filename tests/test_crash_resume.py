@@ -201,3 +201,30 @@ def test_checkpoints_get_the_mode_of_every_other_output(tmp_path: Path) -> None:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "checkpoints").iterdir()}
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_augmented_training_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Augmentation draws are seeded by epoch and batch: a resume repeats them exactly."""
+    from dlforge.data.augment import BatchAugment
+    from dlforge.data.config import AugmentConfig, MixConfig
+    from dlforge.train import ClassificationStep
+
+    def fit(out: Path, resume: bool = False) -> nn.Module:
+        torch.manual_seed(123)
+        model = _model()
+        aug = BatchAugment(AugmentConfig(table_noise=0.3, mix=MixConfig(mixup_alpha=0.4)), 2)
+        last = out / "checkpoints/last.safetensors"
+        Trainer(model, CFG, out_dir=out, step=ClassificationStep(augment=aug)).fit(
+            _data(), _data(), resume=last if resume else None
+        )
+        return model
+
+    reference = fit(tmp_path / "ref")
+    with monkeypatch.context() as m:
+        _crash_on_call("save_checkpoint", 3, m)
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path / "run")
+    resumed = fit(tmp_path / "run", resume=True)
+    assert _same(reference.state_dict(), resumed.state_dict())

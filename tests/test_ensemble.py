@@ -66,3 +66,23 @@ def test_snapshots_and_bootstrap(digits) -> None:
     assert len(drawn) == len(digits.train[1])  # as many draws as samples, with repeats
     indices = list(loader.sampler)
     assert len(set(indices)) < len(indices)
+
+
+def test_an_ensemble_stage_in_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from dlforge.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    sets = [f"output_dir={tmp_path}", "train.epochs=2", "ensemble.enabled=true",
+            "ensemble.members=2", "ensemble.kind=bagging", "ensemble.bench=true"]  # fmt: skip
+    assert main(["-q", "run", str(root / "recipes/default.yaml"),
+                 *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
+    ens = json.loads((tmp_path / "default/metrics.json").read_text())["ensemble"]
+    variants = [r["variant"] for r in ens["rows"]]
+    assert variants == ["single model", "member 1", "member 2", "ensemble (bagging, soft voting)"]
+    assert [r["variant"] for r in ens["speed"]] == ["single model", "ensemble"]
+    assert ens["speed"][1]["file_bytes"] > ens["speed"][0]["file_bytes"]  # two members inside
+    html = (tmp_path / "default/report.html").read_text()
+    assert "Ensemble: bagging, soft voting" in html and "ECE" in html
+    assert "ensemble (bagging" in capsys.readouterr().out

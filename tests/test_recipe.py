@@ -115,3 +115,9 @@ def test_recipe_file_errors(tmp_path: Path) -> None:
 def test_file_source_needs_path() -> None:
     with pytest.raises(ConfigError, match="data.path: is required for source 'npz'"):
         recipe_from_dict({"data": {"source": "npz"}})
+
+
+def test_overrides_never_change_the_callers_dict() -> None:
+    base = {"train": {"optimizer": {"lr": 0.1}}, "model": {"kwargs": {"channels": [8]}}}
+    recipe_from_dict(base, ["train.optimizer.lr=0.5", "model.kwargs.dropout=0.3"])
+    assert base == {"train": {"optimizer": {"lr": 0.1}}, "model": {"kwargs": {"channels": [8]}}}

@@ -6,11 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
+TARGET = str(HERE / "ddp_target.py")
+
+
+def torchrun(*args: str, check: bool = True) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         TARGET, *args],
+        check=check, timeout=300, capture_output=True,
+    )  # fmt: skip
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
@@ -31,3 +41,20 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert meta["processes"] == "2"
     with safe_open(str(one), "pt") as fh:  # the epoch loss, summed over both processes
         assert abs(float(fh.metadata()["loss"]) - float(meta["loss"])) < 1e-6
+
+
+@pytest.mark.slow
+def test_a_distributed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Checkpoints written by rank 0 (with every rank's RNG state, dropout included) resume
+    under DDP to the weights of an uninterrupted DDP run."""
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    drop = ("--dropout", "0.3")
+    torchrun(str(whole), "5", str(tmp_path / "run_a"), *drop)
+    # Both processes die in epoch 4: the folder holds epoch 3's state, written by rank 0.
+    torchrun(str(resumed), "5", str(tmp_path / "run_b"), *drop, "--cut", "4", check=False)
+    assert not resumed.exists()
+    torchrun(str(resumed), "5", str(tmp_path / "run_b"), "--resume", *drop)
+    a, b = load_file(str(whole)), load_file(str(resumed))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert (tmp_path / "run_b/checkpoints/last.state.safetensors").exists()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         EpochLog,
         FreezeBatchNorm,
         GradientMonitorCallback,
+        ProgressBar,
         WeightPenalty,
     )
     from dlforge.train.checkpoint import (
@@ -58,6 +59,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "EpochLog",
             "FreezeBatchNorm",
             "GradientMonitorCallback",
+            "ProgressBar",
             "WeightPenalty",
         ],
         "checkpoint": [

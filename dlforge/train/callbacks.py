@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from dlforge.report.tables import fmt, label
 from dlforge.train.config import EarlyStoppingConfig, GradMonitorConfig
 from dlforge.train.monitor import GradientMonitor
 from dlforge.train.schedule import metric_mode
@@ -189,8 +191,43 @@ class EpochLog(Callback):
             "epoch %d/%d %s",
             trainer.epoch,
             trainer.config.epochs,
-            " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"),
+            "  ".join(f"{label(k)} {fmt(v)}" for k, v in metrics.items() if k != "epoch"),
         )
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (a notebook widget in Jupyter) with loss, rate and samples/s.
+
+    It is updated by hand from the batch events: wrapping the loader in tqdm would change the
+    order in which the loader's generator is drawn from, and so the batches."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.start = 0.0
+        self.seen = 0
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.batches_per_epoch, leave=False, dynamic_ncols=True,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}")  # fmt: skip
+        self.start, self.seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: Trainer, out: StepOutput, index: int) -> None:
+        self.bar.update(1)
+        self.seen += out.size
+        if index % 10 == 0:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix(
+                loss=f"{out.loss.item():.4f}",
+                lr=f"{trainer.optimizer.param_groups[0]['lr']:.2e}",
+                sps=f"{self.seen / elapsed:.0f}",
+            )
+
+    def on_train_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class FreezeBatchNorm(Callback):

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from dlforge.config import DlforgeError
 from dlforge.train.callbacks import (
@@ -38,6 +37,7 @@ from dlforge.train.callbacks import (
     EpochHook,
     EpochLog,
     GradientMonitorCallback,
+    ProgressBar,
     WeightPenalty,
     overrides,
 )
@@ -128,6 +128,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.steps_this_fit = 0  # optimizer steps taken by the last fit() (0: a finished run)
+        self.batches_per_epoch = 0
         # Per-epoch flags the callbacks set: whether this epoch may be kept as the best (gradual
         # pruning clears it until its final sparsity), whether it was, and whether to stop.
         self.best_eligible = True
@@ -162,7 +163,10 @@ class Trainer:
             ]
             out.append(WeightPenalty(scales, cfg.bn_l1, "l1"))
         self.best = BestWeights(cfg.early_stopping, cfg.early_stopping.monitor, cfg.restore_best)
-        return [*out, self.best, EpochLog()]
+        tail: list[Callback] = [self.best, EpochLog()]
+        if self._show_progress():
+            tail.append(ProgressBar())
+        return [*out, *tail]
 
     # -- paths ---------------------------------------------------------------------------------
     def checkpoint_path(self, name: str) -> Path | None:
@@ -186,6 +190,7 @@ class Trainer:
         self, train_loader: DataLoader, val_loader: DataLoader | None, resume: str | Path | None
     ) -> History:
         cfg = self.config
+        self.batches_per_epoch = len(train_loader)
         steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulate_steps)
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.epochs
@@ -229,7 +234,7 @@ class Trainer:
             self.schedule.epoch_end(metrics)
             self._emit("on_train_epoch_end", metrics)
             self.history.epochs.append(metrics)
-            if self.writes_files:
+            if self.out_dir is not None:
                 self._save(metrics, train_loader.generator)
         self.steps_this_fit = self.step - first_step
         self._emit("on_fit_end")
@@ -283,15 +288,6 @@ class Trainer:
         skipped = 0
         step_losses: list[torch.Tensor] = []
         events = self._batch_callbacks
-        # The bar is updated by hand: wrapping the loader in tqdm changes the order in which the
-        # loader's generator is drawn from, which would break parity with a plain loop.
-        bar = tqdm(
-            total=n_batches,
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-            leave=False,
-            disable=not self._show_progress(),
-            dynamic_ncols=True,
-        )
         start = time.perf_counter()
         for i, batch in enumerate(loader):
             for c in events["on_train_batch_start"]:
@@ -316,16 +312,7 @@ class Trainer:
             totals[2] += out.size
             for c in events["on_train_batch_end"]:
                 c.on_train_batch_end(self, out, i)
-            bar.update(1)
-            if i % 10 == 0 and not bar.disable:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{loss_d.item():.4f}",
-                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                    sps=f"{totals[2].item() / max(elapsed, 1e-9):.0f}",
-                )
         elapsed = time.perf_counter() - start
-        bar.close()
         self.history.steps["loss"].extend(torch.stack(step_losses).tolist() if step_losses else [])
         loss_sum, correct, seen = self.runtime.sum(totals).tolist()
         if seen == 0:
@@ -408,7 +395,9 @@ class Trainer:
         ``best`` and ``last`` follow. A kill after the state but before them leaves files one
         epoch behind, which ``_restore`` rewrites from the state.
         """
-        state = self.training_state(generator)
+        state = self.training_state(generator)  # every process: it gathers their RNG states
+        if not self.runtime.is_main:
+            return
         last, best = self.checkpoint_path("last"), self.checkpoint_path("best")
         assert last is not None and best is not None
         save_train_state(state_path(last), state)
