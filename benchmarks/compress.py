@@ -1,7 +1,7 @@
 """Compression techniques against the uncompressed baseline, on three models, over seeds.
 
 For each seed a model is trained (``quantize.train``) and every technique starts from it
-(``dlforge.compress.stage.compress_stage``): 90% unstructured pruning (gradual, then fine-tuned
+(``dlforge.stages.compress.compress_stage``): 90% unstructured pruning (gradual, then fine-tuned
 at 90%), structured channel pruning that removes about half of the multiply-accumulates
 (channel counts in multiples of 16, fine-tuned), low-rank factorisation (half of the
 factorised layers' parameters, fine-tuned), Deep Compression (pruning, 4-bit k-means sharing,
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common import save, table
-from dlforge.compress.stage import CompressConfig, compress_stage
+from dlforge.stages.compress import CompressConfig, compress_stage
 from quantize import MODELS, data_for, train
 
 from dlforge.config import from_dict
