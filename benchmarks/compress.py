@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from common import save, table
-from dlforge.stages.compress import CompressConfig, compress_stage
 from quantize import MODELS, data_for, train
 
 from dlforge.config import from_dict
+from dlforge.stages.compress import CompressConfig, compress_stage
 
 logging.getLogger("dlforge").setLevel(logging.ERROR)
 

@@ -25,38 +25,16 @@ from pathlib import Path
 import torch
 from common import save, table
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 WORLD, PER_RANK, SEED = 2, 32, 0
-
-
-class GlobalBatches(Sampler[int]):
-    """One process reading the batches the DDP processes read together (rank 0's part, then
-    rank 1's), from the same DistributedSampler permutations."""
-
-    def __init__(self, data: TensorDataset) -> None:
-        self.ranks = [DistributedSampler(data, WORLD, r, shuffle=True, seed=SEED) for r in
-                      range(WORLD)]  # fmt: skip
-
-    def set_epoch(self, epoch: int) -> None:
-        for s in self.ranks:
-            s.set_epoch(epoch)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        parts = [list(s) for s in self.ranks]
-        for i in range(0, len(parts[0]), PER_RANK):
-            for p in parts:
-                yield from p[i : i + PER_RANK]
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.ranks)
 
 
 def worker(out: str, epochs: int) -> None:
     from dlforge.data import DataConfig, load_data
     from dlforge.models import create_model
     from dlforge.train import OptimizerConfig, TrainConfig, Trainer
-    from dlforge.train.runtime import Runtime
+    from dlforge.train.runtime import GlobalBatchSampler, Runtime
 
     runtime = Runtime.from_env("cpu")
     torch.set_num_threads(2 // runtime.world_size)
@@ -73,7 +51,9 @@ def worker(out: str, epochs: int) -> None:
     if runtime.distributed:
         loader = runtime.shard(DataLoader(ds, batch_size=cfg.batch_size), SEED)
     else:
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=GlobalBatches(ds))
+        loader = DataLoader(
+            ds, batch_size=cfg.batch_size, sampler=GlobalBatchSampler(ds, WORLD, PER_RANK, SEED)
+        )
     history = trainer.fit(loader)
     if runtime.is_main:
         # Each process's samples/s counts the global batch (metrics are summed over processes).

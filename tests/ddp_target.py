@@ -9,10 +9,10 @@ import os
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from dlforge.train import Callback, OptimizerConfig, ScheduleConfig, TrainConfig, Trainer
-from dlforge.train.runtime import Runtime
+from dlforge.train.runtime import GlobalBatchSampler, Runtime
 
 WORLD, PER_RANK, SEED = 2, 16, 7
 
@@ -21,29 +21,6 @@ def dataset() -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 10, generator=g)
     return TensorDataset(x, (x @ torch.randn(10, 3, generator=g)).argmax(1))
-
-
-class GlobalBatches(Sampler[int]):
-    """One process's view of the DDP run: each global batch is rank 0's part then rank 1's,
-    drawn from the same DistributedSampler permutations."""
-
-    def __init__(self, data: TensorDataset) -> None:
-        self.ranks = [DistributedSampler(data, WORLD, r, shuffle=True, seed=SEED) for r in
-                      range(WORLD)]  # fmt: skip
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        for s in self.ranks:
-            s.set_epoch(epoch)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        parts = [list(s) for s in self.ranks]
-        for i in range(0, len(parts[0]), PER_RANK):
-            for p in parts:
-                yield from p[i : i + PER_RANK]
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.ranks)
 
 
 class PowerCut(Callback):
@@ -65,6 +42,7 @@ def main(
     dropout: float = 0,
     cut: int = 0,
 ) -> None:
+    torch.set_num_threads(1)  # torchrun gives each process one thread: the same GEMM partitions
     torch.manual_seed(0)
     # Dropout draws from each process's generator: parity with one process needs it off; the
     # resume test switches it on, since every process's RNG state must come back.
@@ -80,7 +58,9 @@ def main(
     if runtime.distributed:
         loader = runtime.shard(DataLoader(data, batch_size=cfg.batch_size), SEED)
     else:
-        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=GlobalBatches(data))
+        loader = DataLoader(
+            data, batch_size=cfg.batch_size, sampler=GlobalBatchSampler(data, WORLD, PER_RANK, SEED)
+        )
     last = f"{run_dir}/checkpoints/last.safetensors" if resume else None
     history = trainer.fit(loader, resume=last)
     if runtime.is_main:

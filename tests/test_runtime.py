@@ -16,22 +16,19 @@ TARGET = str(HERE / "ddp_target.py")
 
 
 def torchrun(*args: str, check: bool = True) -> None:
-    subprocess.run(
+    out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          TARGET, *args],
-        check=check, timeout=300, capture_output=True,
+        timeout=300, capture_output=True, text=True,
     )  # fmt: skip
+    assert not check or out.returncode == 0, out.stderr[-3000:]
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     target = str(HERE / "ddp_target.py")
     subprocess.run([sys.executable, target, str(one)], check=True, timeout=300)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", target, str(two)],
-        check=True, timeout=300, capture_output=True,
-    )  # fmt: skip
+    torchrun(str(two))
     a, b = load_file(str(one)), load_file(str(two))
     assert a.keys() == b.keys()
     for k in a:

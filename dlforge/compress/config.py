@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from dlforge.config import Config, check
 from dlforge.train.config import FineTune
@@ -43,3 +43,23 @@ class DeepCompressionConfig(Config):
         check(1 <= self.weight_bits <= 8, "weight_bits", self.weight_bits, "must be in 1..8")
         for key in ("index_bits_conv", "index_bits_linear"):
             check(1 <= getattr(self, key) <= 16, key, getattr(self, key), "must be in 1..16")
+
+
+@dataclass
+class ChannelPrune(Config):
+    amount: float = 0.5  # fraction of channels removed from each prunable space
+    criterion: Literal["l1", "l2", "bn_scale"] = "l1"
+    # Or aim at compute: remove this share of the conv/linear multiply-accumulates; the uniform
+    # amount that comes closest is found by a scan (a conv between two pruned spaces loses about
+    # 1 - (1 - amount)^2 of its MACs, so half the MACs is about 30% of the channels).
+    macs_removed: float | None = None
+    # Keep a multiple of this many channels: ONNX Runtime's CPU convs work in blocks of 8/16
+    # channels, and odd widths can run slower than the unpruned model (half the MACs of the
+    # digits CNN at 22/45 channels did, in benchmarks/compress_ablations.py).
+    round_to: int = 1
+
+    def validate(self) -> None:
+        check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
+        if self.macs_removed is not None:
+            check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
+        check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")

@@ -24,15 +24,15 @@ import copy
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from dlforge.compress.config import ChannelPrune
 from dlforge.compress.quantize.fold import trace
-from dlforge.config import Config, check
 
 CONV = (nn.Conv1d, nn.Conv2d)
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -44,26 +44,6 @@ KEEP_MODULES = (
 KEEP_FUNCTIONS = {F.relu, torch.relu, F.gelu, F.silu, F.dropout, F.adaptive_avg_pool2d,
                   F.adaptive_avg_pool1d, F.max_pool2d, F.avg_pool2d}  # fmt: skip
 ADD = {operator.add, operator.iadd, torch.add}
-
-
-@dataclass
-class ChannelPrune(Config):
-    amount: float = 0.5  # fraction of channels removed from each prunable space
-    criterion: Literal["l1", "l2", "bn_scale"] = "l1"
-    # Or aim at compute: remove this share of the conv/linear multiply-accumulates; the uniform
-    # amount that comes closest is found by a scan (a conv between two pruned spaces loses about
-    # 1 - (1 - amount)^2 of its MACs, so half the MACs is about 30% of the channels).
-    macs_removed: float | None = None
-    # Keep a multiple of this many channels: ONNX Runtime's CPU convs work in blocks of 8/16
-    # channels, and odd widths can run slower than the unpruned model (half the MACs of the
-    # digits CNN at 22/45 channels did, in benchmarks/compress_ablations.py).
-    round_to: int = 1
-
-    def validate(self) -> None:
-        check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
-        if self.macs_removed is not None:
-            check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
-        check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from dlforge.compress.config import DeepCompressionConfig
+from dlforge.compress.config import ChannelPrune, DeepCompressionConfig
 from dlforge.config import Config, ConfigError, check
 from dlforge.stages.base import RunContext, Stage, plain_copy
 from dlforge.train.config import FineTune
@@ -56,10 +56,10 @@ class StructuredStageConfig(Config):
     MOVED: ClassVar[dict[str, str]] = {"epochs": "finetune.epochs", "lr": "finetune.lr"}
 
     def validate(self) -> None:
-        check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
-        if self.macs_removed is not None:
-            check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
-        check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")
+        self.plan()  # the same rules (and messages) as ChannelPrune built in Python
+
+    def plan(self) -> ChannelPrune:
+        return ChannelPrune(self.amount, self.criterion, self.macs_removed, self.round_to)
 
 
 @dataclass
@@ -180,11 +180,10 @@ def _prune(job: Job) -> None:
 
 
 def _structured(job: Job) -> None:
-    from dlforge.compress.structured import ChannelPrune, prune_channels
+    from dlforge.compress.structured import prune_channels
 
     cfg = job.cfg.structured
-    plan = ChannelPrune(cfg.amount, cfg.criterion, cfg.macs_removed, cfg.round_to)
-    surgery = prune_channels(plain_copy(job.teacher), job.example, plan)
+    surgery = prune_channels(plain_copy(job.teacher), job.example, cfg.plan())
     if surgery.macs_removed <= 0:
         # Nothing was cut: a row of the same model would read as a result.
         job.notes["structured"] = {"skipped": "no channel could be removed",

@@ -14,13 +14,14 @@ see any of it: a step calls the model, DDP averages the gradients.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from dlforge.config import ConfigError
 
@@ -116,3 +117,27 @@ class Runtime:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class GlobalBatchSampler(Sampler[int]):
+    """One process reading, batch after batch, what ``world`` DDP processes read together (rank
+    0's share, then rank 1's, ...) from the same ``DistributedSampler`` shuffles: the reference a
+    distributed run is checked against (``benchmarks/ddp.py``, ``tests/test_runtime.py``)."""
+
+    def __init__(self, dataset: Any, world: int, per_rank: int, seed: int = 0) -> None:
+        self.ranks: list[DistributedSampler[int]] = [DistributedSampler(dataset, world, r, shuffle=True, seed=seed)
+                      for r in range(world)]  # fmt: skip
+        self.per_rank = per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        for s in self.ranks:
+            s.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        parts = [list(s) for s in self.ranks]
+        for i in range(0, len(parts[0]), self.per_rank):
+            for part in parts:
+                yield from part[i : i + self.per_rank]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.ranks)
