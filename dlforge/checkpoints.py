@@ -147,4 +147,10 @@ def load_checkpoint(path: str | Path, trust_code: bool = False) -> tuple[nn.Modu
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its model: {exc}") from None
     load_weights(path, model)
+    count = sum(p.numel() for p in model.parameters())
+    if m.parameters and count != m.parameters:
+        raise CheckpointError(
+            f"checkpoint {path}: its model has {count} parameters, the metadata says "
+            f"{m.parameters}"
+        )
     return model.eval(), meta

@@ -1,7 +1,9 @@
-"""The main job: recipe → data → model → train → evaluate → compress → quantize → bench → report.
+"""The main job: recipe → data → model → train → the stage registry (evaluate, crossval, ensemble,
+compress, quantize, bench) → report.
 
-No technique lives here; each stage calls the package that owns it and adds its part to one
-result dict, written as ``metrics.json`` (atomically) that the report reads.
+No technique lives here: training goes through ``stages/train.py`` and every later stage is an
+entry of ``stages.STAGES``; each adds its part to one result dict, written as ``metrics.json``
+(atomically) that the report reads.
 
 Failures keep what was done: bad input (recipe, data, model) fails before anything is written,
 so no run folder is left behind; a stage that fails later records its error under its own name
@@ -49,6 +51,7 @@ log = logging.getLogger("dlforge")
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointContext",
     "RunResult",
     "StageError",
     "bench_checkpoint",
@@ -56,6 +59,7 @@ __all__ = [
     "cross_validate_recipe",
     "evaluate_checkpoint",
     "load_checkpoint",
+    "open_checkpoint",
     "quantize_checkpoint",
     "run",
     "train",
@@ -282,7 +286,9 @@ def cross_validate_recipe(recipe: Recipe) -> dict[str, Any]:
     ``metrics.json`` (created if there is none) under ``crossval`` and its report."""
     start = time.perf_counter()
     result = cross_validate(recipe)  # reads the data first: bad input leaves no folder
-    run_dir = _open_run_dir(recipe)
+    run_dir = Path(recipe.output_dir) / recipe.name
+    # Its own recipe beside its results: the run's recipe.yaml describes the run's checkpoints.
+    atomic_write_text(run_dir / "crossval" / "recipe.yaml", recipe.to_yaml())
     metrics_path = run_dir / "metrics.json"
     metrics: dict[str, Any] = {}
     if metrics_path.exists():
@@ -304,16 +310,32 @@ def cross_validate_recipe(recipe: Recipe) -> dict[str, Any]:
 # --- commands on a checkpoint ------------------------------------------------------------
 
 
-def evaluate_checkpoint(
+@dataclass
+class CheckpointContext:
+    """A checkpoint rebuilt for a command: its model, its recipe (with the command's overrides)
+    and its data, normalised with the statistics stored at training time."""
+
+    model: nn.Module
+    recipe: Recipe
+    data: DataBundle
+
+
+def open_checkpoint(
     path: str | Path,
-    split: str = "test",
-    data_path: str | None = None,
+    overrides: list[str] | None = None,
     trust_code: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on the data its recipe names (or the same source at ``data_path``)."""
+    data_path: str | None = None,
+    compress_recipe: str | None = None,
+) -> CheckpointContext:
+    """The one way ``evaluate``/``quantize``/``compress``/``bench`` rebuild a checkpoint: the
+    model (registered factories only, unless ``trust_code``), the recipe, and the data (from
+    ``data_path`` if given), checked to fit the model."""
     model, meta = load_checkpoint(path, trust_code)
-    overrides = [f"evaluate.split={split}"]
-    recipe = checkpoint_recipe(path, meta, overrides)
+    recipe = checkpoint_recipe(path, meta)
+    if compress_recipe is not None:  # another recipe's compress section on this checkpoint
+        recipe.compress = load_recipe(compress_recipe).compress
+    if overrides:
+        recipe = recipe_from_dict(recipe.to_dict(), overrides)
     if data_path is not None:
         recipe.data.path = data_path
     # Normalise with the statistics stored at training time, not ones refitted on this data.
@@ -328,12 +350,23 @@ def evaluate_checkpoint(
             f"checkpoint {path} has {meta.model.num_classes} classes, "
             f"the data has {data.num_classes}"
         )
+    return CheckpointContext(model, recipe, data)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    data_path: str | None = None,
+    trust_code: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on the data its recipe names (or the same source at ``data_path``)."""
+    ck = open_checkpoint(path, [f"evaluate.split={split}"], trust_code, data_path)
     result = evaluate_model(
-        model,
-        data.loader(split, recipe.evaluate.batch_size),
-        data.class_names,
-        recipe.evaluate,
-        seed=recipe.seed,
+        ck.model,
+        ck.data.loader(split, ck.recipe.evaluate.batch_size),
+        ck.data.class_names,
+        ck.recipe.evaluate,
+        seed=ck.recipe.seed,
     )
     result["checkpoint"] = str(path)
     return result
@@ -367,9 +400,8 @@ def quantize_checkpoint(
     trust_code: bool = False,
 ) -> dict[str, Any]:
     """PTQ (and optionally benchmark) a checkpoint with its own data; writes quantize.json."""
-    model, meta = load_checkpoint(path, trust_code)
-    recipe = checkpoint_recipe(path, meta, ["quantize.enabled=true", *overrides])
-    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    ck = open_checkpoint(path, ["quantize.enabled=true", *overrides], trust_code)
+    model, recipe, data = ck.model, ck.recipe, ck.data
     out_dir = Path(out) if out else _run_dir_of(path) / "deploy"
     result: dict[str, Any] = {"checkpoint": str(path)}
     result["quantize"] = _guarded(
@@ -394,13 +426,12 @@ def bench_checkpoint(
     """Benchmark a checkpoint's eager model against ONNX files (default: the run's deploy/)."""
     from dlforge.deploy.runtime import check_onnx_file
 
-    model, meta = load_checkpoint(path, trust_code)
-    recipe = checkpoint_recipe(path, meta, ["bench.enabled=true", *overrides])
     if onnx_files is None:
         onnx_files = sorted(str(p) for p in (_run_dir_of(path) / "deploy").glob("*.onnx"))
     for f in onnx_files:
         check_onnx_file(f)
-    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    ck = open_checkpoint(path, ["bench.enabled=true", *overrides], trust_code)
+    model, recipe, data = ck.model, ck.recipe, ck.data
     files = {Path(f).stem: Path(f) for f in onnx_files}
     result = _guarded("bench", path, lambda: bench_stage(model, data, recipe.bench, files))
     _merge_into_run(path, {"bench": result})
@@ -430,12 +461,10 @@ def compress_checkpoint(
     path: str | Path, recipe_path: str | None, overrides: list[str], trust_code: bool = False
 ) -> dict[str, Any]:
     """Run the compress stage of ``recipe_path`` (or the checkpoint's own recipe) on a checkpoint."""
-    model, meta = load_checkpoint(path, trust_code)
-    base = checkpoint_recipe(path, meta)
-    if recipe_path is not None:
-        base.compress = load_recipe(recipe_path).compress
-    recipe = recipe_from_dict(base.to_dict(), ["compress.enabled=true", *overrides])
-    data = load_data(recipe.data, recipe.seed, normalizer=meta.preprocessing.get("normalize"))
+    ck = open_checkpoint(
+        path, ["compress.enabled=true", *overrides], trust_code, compress_recipe=recipe_path
+    )
+    model, recipe, data = ck.model, ck.recipe, ck.data
     out_dir = compress_dir(path)
     result = _guarded(
         "compress",

@@ -48,6 +48,13 @@ class Recipe(Config):
     def validate(self) -> None:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ConfigError(f"must be a plain folder name, got {self.name!r}", "name")
+        ens = self.ensemble
+        if ens.enabled and ens.kind == "snapshot" and self.train.epochs % ens.members:
+            raise ConfigError(
+                f"a snapshot ensemble needs train.epochs ({self.train.epochs}) to split into "
+                f"{ens.members} equal cycles, got {ens.members}",
+                "ensemble.members",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

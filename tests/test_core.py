@@ -20,13 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_loading_a_recipe_imports_no_torch() -> None:
     code = (
-        "import sys, time; t = time.perf_counter(); from dlforge.recipe import load_recipe; "
+        "import sys; from dlforge.recipe import load_recipe; "
         f"load_recipe({str(ROOT / 'recipes/deep_compression.yaml')!r}); "
-        "assert 'torch' not in sys.modules, 'torch was imported'; "
-        "print(time.perf_counter() - t)"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(out.stdout) < 1.0
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     out = subprocess.run(
         [sys.executable, "-c", "import sys; from dlforge.cli import build_parser; "
          "build_parser(); assert 'torch' not in sys.modules"],

@@ -228,3 +228,39 @@ def test_augmented_training_resumes_exactly(
             fit(tmp_path / "run")
     resumed = fit(tmp_path / "run", resume=True)
     assert _same(reference.state_dict(), resumed.state_dict())
+
+
+def test_an_early_stopped_run_stays_stopped_on_resume(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=30, precision="fp32", progress=False,
+                      optimizer=OptimizerConfig(name="adamw", lr=0.05),
+                      early_stopping={"monitor": "val_loss", "patience": 1})  # type: ignore[arg-type]  # fmt: skip
+    torch.manual_seed(0)
+    first = Trainer(_model(), cfg, out_dir=tmp_path)
+    history = first.fit(_data(), _data())
+    assert first.should_stop and len(history.epochs) < 30
+    again = Trainer(_model(), cfg, out_dir=tmp_path)
+    again.fit(_data(), _data(), resume=tmp_path / "checkpoints/last.safetensors")
+    assert again.steps_this_fit == 0 and len(again.history.epochs) == len(history.epochs)
+
+
+def test_gradual_pruning_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saved weights carry the pruning masks: a resume puts masks back before loading."""
+    from dlforge.compress.prune import GradualPruner, sparsity
+
+    def fit(out: Path, resume: bool = False) -> nn.Module:
+        torch.manual_seed(123)
+        model = _model()
+        last = out / "checkpoints/last.safetensors"
+        Trainer(model, CFG, out_dir=out, callbacks=[GradualPruner(0.8, 0, 2)]).fit(
+            _data(), _data(), resume=last if resume else None
+        )
+        return model
+
+    reference = fit(tmp_path / "ref")
+    with monkeypatch.context() as m:
+        _crash_on_call("save_train_state", 3, m)  # dies after two epochs, masks in the state
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path / "run")
+    resumed = fit(tmp_path / "run", resume=True)
+    assert _same(reference.state_dict(), resumed.state_dict())
+    assert sparsity(resumed)["global"] == pytest.approx(0.8, abs=0.01)

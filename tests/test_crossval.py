@@ -71,4 +71,7 @@ def test_cv_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert 0.5 < cv["summary"]["accuracy"]["mean"] <= 1
     assert sum(f["size"] for f in cv["folds"]) == cv["pool_size"]
     assert "Cross-validation: 3 folds" in (tmp_path / "default/report.html").read_text()
+    # Its recipe sits beside its results; the run's recipe.yaml is not cv's to overwrite.
+    assert (tmp_path / "default/crossval/recipe.yaml").exists()
+    assert not (tmp_path / "default/recipe.yaml").exists()
     assert "± " in capsys.readouterr().out

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlforge.evaluate.ensemble import Ensemble, Snapshots, bootstrap_loader
+from dlforge.evaluate.ensemble import Ensemble, Snapshots, bootstrap_sampler
 
 
 def members(n: int = 3) -> list[nn.Module]:
@@ -61,11 +61,12 @@ def test_snapshots_and_bootstrap(digits) -> None:
     assert not torch.equal(snapshot_models[0][1].weight, snapshot_models[2][1].weight)
     with pytest.raises(ValueError, match="equal cycles"):
         Snapshots(cycles=4, epochs=6)
-    loader = bootstrap_loader(digits, 64, seed=0)
-    drawn = torch.cat([y for _, y in loader])
-    assert len(drawn) == len(digits.train[1])  # as many draws as samples, with repeats
-    indices = list(loader.sampler)
-    assert len(set(indices)) < len(indices)
+    n = len(digits.train[1])
+    indices = list(bootstrap_sampler(n, seed=0))
+    assert len(indices) == n  # as many draws as samples ...
+    # ... with replacement: about 1 - 1/e of the samples appear (63.2%)
+    assert abs(len(set(indices)) / n - (1 - 1 / np.e)) < 0.03
+    assert indices == list(bootstrap_sampler(n, seed=0)) != list(bootstrap_sampler(n, seed=1))
 
 
 def test_an_ensemble_stage_in_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,3 +55,24 @@ def test_a_distributed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
     assert (tmp_path / "run_b/checkpoints/last.state.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_run_with_a_stage_that_trains_after_training(tmp_path: Path) -> None:
+    """After the distributed training the first process runs the later stages alone, and a
+    stage that trains (here ensemble members) does not wait for processes that have left."""
+    import json
+
+    recipe = str(HERE.parent / "recipes/default.yaml")
+    sets = [f"output_dir={tmp_path}", "train.epochs=2", "ensemble.enabled=true",
+            "ensemble.members=2", "ensemble.bench=false", "report.enabled=false"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "dlforge", "-q", "run", recipe, *[a for s in sets for a in ("--set", s)]],
+        timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "default/metrics.json").read_text())
+    assert metrics["train"]["settings"]["processes"] == 2
+    assert len(metrics["ensemble"]["rows"]) == 4
+    assert out.stdout.count("Wrote") == 1  # one process reports

@@ -18,7 +18,9 @@ class DeepCompressionConfig(Config):
     prune_share: float = 0.5  # share of the pruning epochs that raise sparsity; the rest recover
     finetune: FineTune = field(default_factory=lambda: FineTune(epochs=20, lr=1e-3))
     weight_bits: int = 4  # 2^bits shared weights per layer
-    # Centroid fine-tuning after sharing (BN is folded by then, hence the small rate).
+    # Centroid fine-tuning after sharing (BN is folded by then, hence the small rate). Both
+    # phases read the training loader given to deep_compression(): batch size and order come
+    # from it (the compress stage builds it from finetune.batch_size and finetune.seed).
     codebook: FineTune = field(
         default_factory=lambda: FineTune(epochs=2, lr=1e-4, schedule="constant")
     )

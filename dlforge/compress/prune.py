@@ -249,7 +249,23 @@ class GradualPruner(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         self.apply(trainer.epoch, trainer.model)
-        trainer.best_eligible = self.best_eligible(trainer.epoch)
+        trainer.best_eligible = trainer.best_eligible and self.best_eligible(trainer.epoch)
+
+    def on_restore(self, trainer: Trainer, model_state: dict[str, torch.Tensor]) -> None:
+        """A resumed run's saved weights carry masks: put (placeholder) masks on the layers
+        they belong to, so the state loads; the saved masks then replace them."""
+        suffix = ".parametrizations.weight.original"
+        masked = [k[: -len(suffix)] for k in model_state if k.endswith(suffix)]
+        apply_masks(
+            trainer.model,
+            {name: torch.ones_like(model_state[name + suffix]) for name in masked},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [(int(e), float(s)) for e, s in state.get("history", [])]
 
 
 def iterative_prune(

@@ -74,7 +74,8 @@ def _geometry(x: torch.Tensor, cfg: ImageAugmentConfig, g: torch.Generator) -> t
     # kornia draws from torch's global generator: run it on a fork seeded from ours, so the
     # global stream (dropout, shuffling) is left exactly as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        # The CPU generator only (torch.manual_seed would reseed every CUDA device too).
+        torch.default_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         for op in ops:
             x = op(x)
     return x

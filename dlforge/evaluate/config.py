@@ -29,7 +29,6 @@ class CrossValConfig(Config):
     folds: int = 5
     kind: Literal["stratified", "group", "repeated"] = "stratified"
     repeats: int = 2  # repeated: how many times the stratified folds are redrawn
-    keep_models: bool = False  # keep the fold models (e.g. as an ensemble)
 
     def validate(self) -> None:
         check(self.folds >= 2, "folds", self.folds, "must be >= 2")

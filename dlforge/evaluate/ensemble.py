@@ -11,12 +11,12 @@ any model's logits.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
 
 from dlforge.train.callbacks import Callback
 
@@ -52,27 +52,6 @@ def bootstrap_sampler(n: int, seed: int) -> RandomSampler:
     """A bootstrap sample of ``n`` items: ``n`` draws with replacement (Breiman's bagging)."""
     generator = torch.Generator().manual_seed(seed)
     return RandomSampler(range(n), replacement=True, num_samples=n, generator=generator)
-
-
-def bootstrap_loader(data: Any, batch_size: int, seed: int, split: str = "train") -> DataLoader:
-    """Batches of a bootstrap sample of ``split``."""
-    sampler = bootstrap_sampler(len(getattr(data, split)[1]), seed)
-    return data.loader(split, batch_size, sampler=sampler)
-
-
-def train_members(
-    make_model: Callable[[int], nn.Module],
-    fit: Callable[[nn.Module, int], None],
-    n: int,
-) -> list[nn.Module]:
-    """``n`` members: member ``i`` is ``make_model(i)`` trained by ``fit(model, i)`` (the index
-    seeds its initialisation, batch order or bootstrap sample)."""
-    members = []
-    for i in range(n):
-        model = make_model(i)
-        fit(model, i)
-        members.append(model.eval())
-    return members
 
 
 class Snapshots(Callback):

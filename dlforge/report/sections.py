@@ -12,13 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dlforge.report import plots
-from dlforge.report.tables import html_table, kv_table
+from dlforge.report.tables import BENCH_COLUMNS, html_table, kv_table
 
 COMPRESS_COLUMNS = ["variant", "accuracy", "accuracy_drop_points", "params", "nonzero_params",
                     "macs", "stored_bytes", "compression_x", "latency_p50_ms", "throughput_b64",
                     "throughput_x"]  # fmt: skip
-BENCH_COLUMNS = ["variant", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
-                 "throughput_b64", "throughput_x", "file_bytes", "size_x"]  # fmt: skip
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                  "samples_per_s", "epoch_time_s", "skipped_batches"]  # fmt: skip
 INFO_EVENTS = ("resumed", "nothing to resume")  # events that are news, not trouble

@@ -46,6 +46,10 @@ LABELS: dict[str, str] = {
     "samples_per_s": "samples/s",
     "epoch_time_s": "epoch (s)",
 }
+# The benchmark table, in the report and the terminal: accuracy, latency, throughput and size,
+# each ratio beside the figure it compares.
+BENCH_COLUMNS = ["variant", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
+                 "throughput_b64", "throughput_x", "file_bytes", "size_x"]  # fmt: skip
 # Columns that say nothing when every row has the same value (peak RSS is the process's).
 DROP_WHEN_CONSTANT = {"peak_rss_mib", "threads", "params"}
 

@@ -53,10 +53,6 @@ def bench_stage(
     }
 
 
-BENCH_COLUMNS = ["variant", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
-                 "throughput_b64", "throughput_x", "file_bytes", "size_x"]  # fmt: skip
-
-
 class BenchStage(Stage):
     name = "bench"
     title = "Benchmark"
@@ -70,6 +66,6 @@ class BenchStage(Stage):
         return bench_section(self.title, result, notes)
 
     def summary(self, result: dict[str, Any]) -> list[str]:
-        from dlforge.report.tables import text_table
+        from dlforge.report.tables import BENCH_COLUMNS, text_table
 
         return text_table(result["rows"], BENCH_COLUMNS)

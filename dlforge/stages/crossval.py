@@ -15,8 +15,14 @@ if TYPE_CHECKING:
 
 def cross_validate(recipe: Recipe, keep_models: bool = False) -> dict[str, Any]:
     """Cross-validate ``recipe`` (its ``crossval`` settings) on the training and validation
-    splits pooled; the test split is not used. Returns per-fold metrics and the summary (and the
-    fold models under ``"models"`` with ``keep_models``)."""
+    splits pooled; the test split is not used. Returns per-fold metrics and the summary (and,
+    with ``keep_models``, the fold models under ``"models"``: an ensemble's members)."""
+    import os
+
+    from dlforge.config import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("runs in one process: start `dlforge cv` without torchrun", "crossval")
     import numpy as np
 
     from dlforge.data.load import bundle, read_source, split_data, split_indices
@@ -50,7 +56,7 @@ def cross_validate(recipe: Recipe, keep_models: bool = False) -> dict[str, Any]:
         trainer = fit(recipe, data, model, seed=seed)
         result = evaluate_model(
             trainer.model, data.loader("test", recipe.evaluate.batch_size), data.class_names,
-            recipe.evaluate, seed=seed,
+            recipe.evaluate, device=trainer.device, seed=seed,
         )  # fmt: skip
         if keep_models:
             models.append(trainer.model.eval())

@@ -32,7 +32,10 @@ def ensemble_members(recipe: Recipe, data: DataBundle) -> list[nn.Module]:
         epochs = recipe.train.epochs
         schedule = ScheduleConfig(name="cyclic_cosine", cycles=cfg.members,
                                   min_lr=recipe.train.schedule.min_lr)  # fmt: skip
-        train = replace(recipe.train, schedule=schedule, restore_best=False)
+        # Every cycle must run to its end for its snapshot: no early stopping here.
+        stopping = replace(recipe.train.early_stopping, patience=None)
+        train = replace(recipe.train, schedule=schedule, restore_best=False,
+                        early_stopping=stopping)  # fmt: skip
         snapshots = Snapshots(cfg.members, epochs)
         model = make_model(recipe, data, recipe.seed + 1)
         fit(recipe, data, model, seed=recipe.seed + 1, callbacks=[snapshots], train_config=train)

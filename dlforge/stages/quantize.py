@@ -43,6 +43,8 @@ class QuantizeStageConfig(QuantConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.method == "qat":
+            check(self.qat.epochs >= 1, "qat.epochs", self.qat.epochs, "must be >= 1 for QAT")
         if self.codebook_bits is not None:
             check(1 <= self.codebook_bits <= 8, "codebook_bits", self.codebook_bits,
                   "must be in 1..8")  # fmt: skip

@@ -36,10 +36,9 @@ if TYPE_CHECKING:
         TrainConfig,
     )
     from dlforge.train.monitor import GradientMonitor
-    from dlforge.train.optim import build_optimizer, l1_penalty, param_groups, split_decay
+    from dlforge.train.optim import build_optimizer, param_groups, split_decay
     from dlforge.train.precision import (
         Precision,
-        pick_device,
         resolve_channels_last,
         resolve_precision,
     )
@@ -82,8 +81,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "TrainConfig",
         ],
         "monitor": ["GradientMonitor"],
-        "optim": ["build_optimizer", "l1_penalty", "param_groups", "split_decay"],
-        "precision": ["Precision", "pick_device", "resolve_channels_last", "resolve_precision"],
+        "optim": ["build_optimizer", "param_groups", "split_decay"],
+        "precision": ["Precision", "resolve_channels_last", "resolve_precision"],
         "runtime": ["Runtime"],
         "schedule": ["LRSchedule", "metric_mode"],
         "seed": ["deterministic_mode", "rng_state", "seed_everything", "set_rng_state"],

@@ -9,11 +9,12 @@ The events, in the order the loop calls them::
                             on_train_batch_end
                 on_validation_end (metrics so far), on_train_epoch_end (the epoch's metrics)
     on_fit_end
+    on_restore (before a resume loads the saved weights: the callback may reshape the model)
 
 A callback that keeps state returns it from ``state_dict``; the Trainer puts it into every
 checkpoint under ``state_key`` and gives it back on resume. The Trainer's own features are
 callbacks too (gradient monitor, weight penalties, best weights and early stopping, epoch log,
-checkpoints), so a new capability (gradual pruning, QAT's batch-norm freezing, loggers, Optuna
+progress bar), so a new capability (gradual pruning, QAT's batch-norm freezing, loggers, Optuna
 pruning) plugs in the same way without touching the loop.
 """
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dlforge.config import ConfigError
 from dlforge.report.tables import fmt, label
 from dlforge.train.config import EarlyStoppingConfig, GradMonitorConfig
 from dlforge.train.monitor import GradientMonitor
@@ -64,6 +66,7 @@ class Callback:
     def on_train_batch_end(self, trainer: Trainer, out: StepOutput, index: int) -> None: ...
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
     def on_train_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_restore(self, trainer: Trainer, model_state: dict[str, torch.Tensor]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -92,7 +95,7 @@ class GradientMonitorCallback(Callback):
         trainer.history.grad_norms.append(grads["norms"])
         trainer.history.grad_flags.append({k: grads[k] for k in ("vanishing", "exploding")})
         for kind in ("vanishing", "exploding"):
-            if grads[kind]:
+            if grads[kind] and trainer.runtime.is_main:
                 log.warning("epoch %d: %s gradients in %s", trainer.epoch, kind, grads[kind])
 
 
@@ -135,6 +138,7 @@ class BestWeights(Callback):
         self.mode = metric_mode(cfg.monitor) if cfg.mode == "auto" else cfg.mode
         self.best_value: float | None = None
         self.bad_epochs = 0
+        self.stopped = False  # early-stopped: a resume must not train on
         self.best_state: dict[str, torch.Tensor] | None = None
 
     def _improves(self, value: float) -> bool:
@@ -146,9 +150,9 @@ class BestWeights(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
-            raise KeyError(
-                f"early_stopping.monitor '{self.monitor}' is not an epoch metric; "
-                f"choose one of {sorted(metrics)}"
+            raise ConfigError(
+                f"{self.monitor!r} is not an epoch metric; choose one of {sorted(metrics)}",
+                "train.early_stopping.monitor",
             )
         trainer.improved = trainer.best_eligible and self._improves(metrics[self.monitor])
         if trainer.improved:
@@ -163,7 +167,7 @@ class BestWeights(Callback):
             self.bad_epochs += 1
         patience = self.cfg.patience
         if patience is not None and self.bad_epochs > patience:
-            trainer.should_stop = True
+            trainer.should_stop = self.stopped = True
             trainer.history.events.append(
                 f"early stop after epoch {trainer.epoch}: {self.monitor} did not improve "
                 f"for {self.bad_epochs} epochs"
@@ -175,10 +179,12 @@ class BestWeights(Callback):
             trainer.model.load_state_dict(self.best_state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "bad_epochs": self.bad_epochs}
+        return {"best_value": self.best_value, "bad_epochs": self.bad_epochs,
+                "stopped": self.stopped}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_value, self.bad_epochs = state["best_value"], int(state["bad_epochs"])
+        self.stopped = bool(state.get("stopped", False))
 
 
 class EpochLog(Callback):
@@ -186,8 +192,9 @@ class EpochLog(Callback):
     DEBUG for quiet runs (``progress=False``: the fine-tuning inside a compression stage)."""
 
     def on_train_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        quiet = trainer.config.progress is False or not trainer.runtime.is_main
         log.log(
-            logging.DEBUG if trainer.config.progress is False else logging.INFO,
+            logging.DEBUG if quiet else logging.INFO,
             "epoch %d/%d %s",
             trainer.epoch,
             trainer.config.epochs,

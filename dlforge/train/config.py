@@ -154,7 +154,7 @@ class FineTune(Config):
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The TrainConfig this fine-tuning runs with (quiet, no best-weights restoring)."""
         base: dict[str, Any] = {
-            "epochs": max(self.epochs, 1),
+            "epochs": self.epochs,  # 0 means "skip": callers check it; training needs >= 1
             "batch_size": self.batch_size,
             "progress": False,
             "restore_best": False,

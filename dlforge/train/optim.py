@@ -60,7 +60,3 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         return torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
-
-def l1_penalty(params: list[nn.Parameter]) -> torch.Tensor:
-    """Sum of absolute values; the Trainer applies it to the weights that get decay."""
-    return torch.stack([p.abs().sum() for p in params]).sum()

@@ -75,5 +75,3 @@ def resolve_channels_last(requested: bool | str, model: nn.Module) -> bool:
     return bool(requested)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

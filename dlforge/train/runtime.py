@@ -21,7 +21,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from dlforge.config import ConfigError
 
@@ -36,6 +42,11 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"asks for {name!r} but CUDA is not available here", "device")
     return device
+
+
+# Set when a distributed run closed its process group: training is over, and what follows
+# (evaluation, compression fine-tuning, QAT) runs in the first process alone.
+_GROUP_CLOSED = False
 
 
 @dataclass
@@ -59,6 +70,8 @@ class Runtime:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
         dev = device if isinstance(device, torch.device) else resolve_device(device, local)
+        if _GROUP_CLOSED and not dist.is_initialized():
+            return cls(dev, rank, 1, local)  # after the distributed training: one process
         if world > 1 and not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
             if dev.type == "cuda":
@@ -97,6 +110,12 @@ class Runtime:
         that the global batch stays what the recipe says."""
         if not self.distributed:
             return loader
+        if not isinstance(loader.sampler, SequentialSampler | RandomSampler):
+            raise ConfigError(
+                f"a {type(loader.sampler).__name__} cannot be sharded over processes (bagging "
+                "and class-balanced sampling run in one process)",
+                "train",
+            )
         batch = loader.batch_size or 1
         if batch % self.world_size:
             raise ConfigError(
@@ -115,8 +134,10 @@ class Runtime:
         )
 
     def close(self) -> None:
+        global _GROUP_CLOSED
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+            _GROUP_CLOSED = True
 
 
 class GlobalBatchSampler(Sampler[int]):

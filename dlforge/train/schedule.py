@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dlforge.config import ConfigError
 from dlforge.train.config import ScheduleConfig
 
 
@@ -104,9 +105,9 @@ class LRSchedule:
         if c.name != "plateau":
             return
         if c.plateau_monitor not in metrics:
-            raise KeyError(
-                f"plateau schedule monitors '{c.plateau_monitor}', which is not among "
-                f"the epoch metrics {sorted(metrics)}"
+            raise ConfigError(
+                f"{c.plateau_monitor!r} is not an epoch metric; choose one of {sorted(metrics)}",
+                "train.schedule.plateau_monitor",
             )
         value = float(metrics[c.plateau_monitor])
         minimise = metric_mode(c.plateau_monitor) == "min"

@@ -2,11 +2,12 @@
 
 A loop, a step and callbacks. The loop moves batches to the device, runs the step (what a batch
 means: ``ClassificationStep`` by default), backward with accumulation and mixed precision,
-clipping and the optimizer with its LR schedule, and a NaN guard. Everything else is a callback
-(``train/callbacks.py``): the gradient monitor, weight penalties, best weights and early
-stopping, the epoch log, the progress bar and the checkpoints, next to the user's own (gradual
-pruning, QAT's batch-norm freezing, ...). With all of it switched off, the weights equal a
-hand-written loop's bit for bit (tests/test_trainer.py).
+clipping and the optimizer with its LR schedule, a NaN guard, and the crash-safe checkpoints at
+the end of each epoch (after every callback has updated the state they save). Everything else
+is a callback (``train/callbacks.py``): the gradient monitor, weight penalties, best weights and
+early stopping, the epoch log and the progress bar, next to the user's own (gradual pruning,
+QAT's batch-norm freezing, ...). With all of it switched off, the weights equal a hand-written
+loop's bit for bit (tests/test_trainer.py).
 
 Under ``torchrun`` the same loop runs data-parallel (``train/runtime.py``): the model is wrapped
 in DDP, each process reads its shard, metrics are summed over processes, and only the first
@@ -147,8 +148,8 @@ class Trainer:
         }
 
     def _builtin_callbacks(self, user: list[Callback]) -> list[Callback]:
-        """The loop's own features around the user's callbacks; checkpoints are written last,
-        once every other callback has updated the state they save."""
+        """The loop's own features around the user's callbacks: the monitor first, then the
+        user's, the penalties, best weights / early stopping, and the log and bar last."""
         cfg, model = self.config, self.model
         out: list[Callback] = [GradientMonitorCallback(model, cfg.grad_monitor), *user]
         if cfg.l1 > 0:
@@ -212,7 +213,8 @@ class Trainer:
             self._restore(Path(resume), train_loader.generator)
         first_step = self.step
         log.log(
-            logging.DEBUG if self.config.progress is False else logging.INFO,
+            logging.INFO if self.config.progress is not False and self.runtime.is_main
+            else logging.DEBUG,
             "training on %s%s, precision %s, channels_last %s",
             self.device,
             f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else "",
@@ -295,7 +297,7 @@ class Trainer:
             out = self.step_fn(self.forward_model, batch, self)
             for c in events["on_before_backward"]:
                 c.on_before_backward(self, out)
-            if not torch.isfinite(out.loss):
+            if not self._finite(out.loss):
                 skipped += 1
                 self._on_nonfinite(out.loss, i)
                 continue
@@ -329,6 +331,14 @@ class Trainer:
         if skipped:
             metrics["skipped_batches"] = skipped
         return metrics
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite, on every process: a process that skipped a batch alone
+        would miss the gradient all-reduce and hang the others."""
+        ok = torch.isfinite(loss.detach()).to(torch.float64)
+        if self.runtime.distributed:
+            ok = self.runtime.sum(ok.reshape(1)) == self.runtime.world_size
+        return bool(ok.all())
 
     def _optimizer_step(self) -> None:
         cfg = self.config
@@ -414,6 +424,8 @@ class Trainer:
             raise CheckpointError(f"cannot resume: no training state {spath}")
         state = load_train_state(spath)
         try:
+            for c in self.callbacks:  # e.g. gradual pruning puts its masks back on the model
+                c.on_restore(self, state["model"])
             load_state(self.model, state["model"], str(spath))
             self.optimizer.load_state_dict(state["optimizer"])
             assert self.schedule is not None
@@ -428,6 +440,7 @@ class Trainer:
             for c in self.callbacks:
                 if c.state_key in saved:
                     c.load_state_dict(saved[c.state_key])
+            self.should_stop = self.best.stopped
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
