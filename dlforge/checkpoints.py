@@ -150,7 +150,6 @@ def load_checkpoint(path: str | Path, trust_code: bool = False) -> tuple[nn.Modu
     count = sum(p.numel() for p in model.parameters())
     if m.parameters and count != m.parameters:
         raise CheckpointError(
-            f"checkpoint {path}: its model has {count} parameters, the metadata says "
-            f"{m.parameters}"
+            f"checkpoint {path}: its model has {count} parameters, the metadata says {m.parameters}"
         )
     return model.eval(), meta

@@ -73,5 +73,3 @@ def resolve_channels_last(requested: bool | str, model: nn.Module) -> bool:
     if requested == "auto":
         return has_conv2d(model)
     return bool(requested)
-
-

@@ -213,7 +213,8 @@ class Trainer:
             self._restore(Path(resume), train_loader.generator)
         first_step = self.step
         log.log(
-            logging.INFO if self.config.progress is not False and self.runtime.is_main
+            logging.INFO
+            if self.config.progress is not False and self.runtime.is_main
             else logging.DEBUG,
             "training on %s%s, precision %s, channels_last %s",
             self.device,
