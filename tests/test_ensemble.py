@@ -87,3 +87,58 @@ def test_an_ensemble_stage_in_a_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     html = (tmp_path / "default/report.html").read_text()
     assert "Ensemble: bagging, soft voting" in html and "ECE" in html
     assert "ensemble (bagging" in capsys.readouterr().out
+
+
+class GruAttention(nn.Module):  # torch's own recurrent and attention layers, on (N, C, L)
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 16, batch_first=True)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(x.transpose(1, 2))
+        a, _ = self.attn(h, h, h)
+        return self.head(a.mean(1))
+
+
+class Transformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.proj(x.transpose(1, 2))).mean(1))
+
+
+def test_models_we_did_not_write_train_augmented_and_ensemble_into_onnx(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dlforge.data.augment import BatchAugment
+    from dlforge.data.config import AugmentConfig, MixConfig, SignalAugmentConfig
+    from dlforge.deploy import OrtModel, export_onnx
+    from dlforge.train import ClassificationStep, TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, 20, generator=g)
+    y = (x.mean((1, 2)) > 0).long() + (x[:, 0, 0] > 1).long()
+    signal = SignalAugmentConfig(shift=2, noise=0.05, time_warp=0.1)
+    aug = BatchAugment(AugmentConfig(signal=signal, mix=MixConfig(mixup_alpha=0.2)), 3)
+    members = []
+    for make in (GruAttention, Transformer):
+        torch.manual_seed(0)
+        model = make()
+        before = [p.detach().clone() for p in model.parameters()]
+        loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+        Trainer(model, TrainConfig(epochs=2, progress=False),
+                step=ClassificationStep(augment=aug)).fit(loader)  # fmt: skip
+        assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        members.append(model.eval())
+    ens = Ensemble(members).eval()
+    path = export_onnx(ens, x[:1], tmp_path / "ensemble.onnx")
+    with torch.no_grad():
+        expected = ens(x).numpy()
+    np.testing.assert_allclose(OrtModel(path).predict(x.numpy()), expected, atol=1e-5)
