@@ -5,7 +5,10 @@ then make the file what ONNX Runtime's own quantizer would write:
 - a QuantizeLinear applied to a weight initializer is computed once, leaving the int8 weight and
   its DequantizeLinear (the file shrinks to about a quarter);
 - a Relu between an op and a QuantizeLinear whose zero point is the lowest code is dropped: the
-  quantizer's clamp already does its work, and ORT can then fuse op + Q into an integer kernel.
+  quantizer's clamp already does its work, and ORT can then fuse op + Q into an integer kernel;
+- a Transpose of a dequantized weight (a Linear on 3-D input exports as MatMul(x, W^T)) is
+  applied to the int8 initializer instead, so that ORT sees DequantizeLinear → MatMul and runs
+  the product in int8 (with the Transpose between, it fused a float MatMul).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def export_onnx(
             )
         graph = onnx.load(tmp)
         fold_weight_quantizers(graph)
+        transpose_quantized_weights(graph)
         drop_relu_before_quantize(graph)
         inline_constant_identities(graph)
         drop_zero_weight_zero_points(graph)
@@ -99,14 +103,50 @@ def quantize_codes(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) 
     return np.clip(q, info.min, info.max).astype(zp.dtype)
 
 
+def transpose_quantized_weights(model: onnx.ModelProto) -> int:
+    """DequantizeLinear(W) -> Transpose(perm=[1, 0]) becomes DequantizeLinear(W^T) with the
+    per-channel axis moved; returns how many weights were transposed."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers = _consumers(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    done = 0
+    for node in list(graph.node):
+        dq = producers.get(node.input[0]) if node.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(inits[dq.input[0]])
+        if weight.ndim != 2 or perm not in (None, [1, 0]) or len(consumers[dq.output[0]]) != 1:
+            continue
+        if len(consumers.get(dq.input[0], [])) != 1:
+            continue  # the int8 weight is shared with another use
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(weight.T.copy(), dq.input[0]))
+        axis = next((a for a in dq.attribute if a.name == "axis"), None)
+        if axis is not None:
+            axis.i = 1 - (axis.i % 2)
+        elif numpy_helper.to_array(inits[dq.input[1]]).ndim == 1:
+            dq.attribute.append(onnx.helper.make_attribute("axis", 0))  # default 1 moves to 0
+        for user in consumers.get(node.output[0], []):
+            user.input[:] = [dq.output[0] if n == node.output[0] else n for n in user.input]
+        graph.node.remove(node)
+        done += 1
+    return done
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
 def drop_relu_before_quantize(model: onnx.ModelProto) -> int:
     """Remove Relu -> QuantizeLinear where the zero point is the type's lowest value."""
     graph = model.graph
     consts = _constants(graph)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     dropped = 0
     for node in list(graph.node):
         if node.op_type != "Relu":

@@ -38,7 +38,7 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def _builtins() -> dict[str, ModelFactory]:
     """The registry, with dlforge's own architectures registered on first use."""
-    from dlforge.models import cnn, mlp, resnet  # noqa: F401  (importing registers them)
+    from dlforge.models import cnn, mlp, recurrent, resnet, transformer  # noqa: F401  (importing registers them)
 
     return _REGISTRY
 

@@ -28,6 +28,9 @@ class QuantConfig(Config):
     # measurable speed on our models (BENCHMARKS.md).
     quantize_output: bool = False
     skip: list[str] = field(default_factory=list)  # layer names to keep in float
+    # Leave layers the quantizer cannot handle (e.g. nn.MultiheadAttention with add_bias_kv)
+    # in float and list them, instead of refusing the model.
+    skip_unsupported: bool = False
 
     def validate(self) -> None:
         for key in ("weight_bits", "activation_bits"):

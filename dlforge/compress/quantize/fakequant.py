@@ -28,12 +28,15 @@ from dlforge.compress.quantize.config import QuantConfig
 from dlforge.compress.quantize.fold import BN_TYPES, fold_batch_norm, fold_into, trace
 from dlforge.compress.quantize.observers import Observer, make_observer
 from dlforge.compress.quantize.qscheme import QuantSpec, compute_qparams, fake_quantize_lsq
+from dlforge.models.attention import MultiHeadAttention
+from dlforge.models.convert import unpack_attention
 
 QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 RELU_FUNCS = (F.relu, torch.relu)
 POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
                 nn.MaxPool1d, nn.MaxPool2d)  # fmt: skip
 ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+MATMUL_FUNCS = (torch.matmul, operator.matmul, torch.bmm)
 
 
 class ActQuant(nn.Module):
@@ -140,6 +143,7 @@ class QuantPlan:
     quantized: list[str]
     float_layers: list[str]
     activation_quantizers: list[str]
+    float_reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> why
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -176,6 +180,8 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         return "add"
     if node.op == "call_method" and node.target == "add":
         return "add"
+    if node.op == "call_function" and node.target in MATMUL_FUNCS:
+        return "matmul"
     return "other"
 
 
@@ -183,24 +189,34 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
     """Fold BN, wrap quantizable layers and insert activation quantizers (in observe mode).
 
     ``fold_bn=False`` keeps batch norms as layers (for QAT, which folds them in ``convert_qat``);
-    the activation quantizer then sits after conv → BN → ReLU.
+    the activation quantizer then sits after conv → BN → ReLU. torch's attention modules are
+    first rewritten as dlforge's (``models/convert.py``), whose matrix products are explicit.
     """
     config = config or QuantConfig()
+    model = copy.deepcopy(model)
+    unpacked = unpack_attention(model, "int8 quantization", config.skip_unsupported)
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.explicit = True  # QK^T and AV as MatMuls that get int8 inputs
     if fold_bn:
         gm, folded = fold_batch_norm(model)
     else:
-        gm, folded = trace(copy.deepcopy(model)), []
-    quantized, float_layers = [], []
+        gm, folded = trace(model), []
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    quantized, float_layers, reasons = [], [], dict(unpacked.left)
     for name, module in list(gm.named_modules()):
-        if not name or any(True for _ in module.children()):
+        if not name or any(name.startswith(f"{c}.") for c in called):
+            continue  # the root, or inside a module fx treats as one call (listed itself)
+        if any(True for _ in module.children()) and name not in called:
             continue
-        if isinstance(module, QUANT_LAYERS) and name not in config.skip:
+        if isinstance(module, QUANT_LAYERS) and name not in config.skip and name in called:
             gm.set_submodule(name, QuantLayer(module, config.weight_spec(), config.learn_step_size))
             quantized.append(name)
         elif isinstance(module, BN_TYPES) and not fold_bn:
             continue  # folded later
-        elif any(True for _ in module.parameters(recurse=False)):
+        elif any(True for _ in module.parameters(recurse=name in called)):
             float_layers.append(name)
+            reasons.setdefault(name, _why_float(name, module, called, config))
     modules = dict(gm.named_modules())
     graph = gm.graph
     quantizers: dict[fx.Node, fx.Node] = {}  # producer -> its ActQuant node
@@ -242,7 +258,29 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
             quantize_output(point)
     graph.lint()
     gm.recompile()
-    return QuantPlan(gm, config, folded, quantized, float_layers, names)
+    return QuantPlan(gm, config, folded, quantized, float_layers, names, reasons)
+
+
+FLOAT_REASONS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    ((nn.LayerNorm, nn.GroupNorm), "normalisation stays float (no int8 kernel in ONNX Runtime)"),
+    ((nn.GRU, nn.LSTM, nn.RNN), "recurrent layer stays float (ONNX Runtime has no int8 "
+     "GRU/LSTM kernel for QDQ graphs)"),
+    ((nn.Embedding,), "embedding lookup stays float"),
+    (BN_TYPES, "batch norm that follows no conv/linear stays float"),
+)  # fmt: skip
+
+
+def _why_float(name: str, module: nn.Module, called: set[str], config: QuantConfig) -> str:
+    if name in config.skip:
+        return "listed in quantize.skip"
+    if name not in called:
+        return "called inside another module that torch.fx cannot see into"
+    for types, why in FLOAT_REASONS:
+        if isinstance(module, types):
+            return why
+    if any(True for _ in module.children()):
+        return f"{type(module).__name__} is one opaque call to torch.fx: it stays float whole"
+    return f"{type(module).__name__} has no int8 kernel here"
 
 
 def act_quantizers(model: nn.Module) -> list[ActQuant]:
