@@ -10,6 +10,8 @@ from dlforge.config import ConfigError
 from dlforge.models import ResNet, create_model, list_models, register_model
 
 SHAPES = {"image": (3, 16, 16), "signal": (2, 40), "flat": (12,)}
+# Models made for one kind of input; every other model takes images and signals.
+ONLY = {"transformer": "signal", "rnn": "signal", "vit": "image"}
 
 
 def cases():
@@ -17,7 +19,16 @@ def cases():
         for kind, shape in SHAPES.items():
             if kind == "flat" and name not in ("mlp", "logistic"):
                 continue
+            if ONLY.get(name, kind) != kind:
+                continue
             yield pytest.param(name, shape, id=f"{name}-{kind}")
+
+
+@pytest.mark.parametrize(("name", "kind"), [(n, k) for n, only in ONLY.items() for k in SHAPES
+                                            if k != only])  # fmt: skip
+def test_models_for_one_input_kind_refuse_the_others(name: str, kind: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{name} needs .* got shape"):
+        create_model(name, SHAPES[kind], num_classes=5)
 
 
 @pytest.mark.parametrize(("name", "shape"), list(cases()))

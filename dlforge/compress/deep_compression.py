@@ -546,6 +546,8 @@ class DeepCompressionResult:
     account: dict[str, Any]
     sparsity: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    # weight matrices pruned but stored dense in the file, and why (e.g. recurrent layers)
+    dense: dict[str, str] = field(default_factory=dict)
 
 
 def deep_compression(
@@ -564,8 +566,16 @@ def deep_compression(
     """
     from dlforge.train import Trainer
 
+    from dlforge.models.convert import unpack_attention
+
     cfg = cfg or DeepCompressionConfig()
     work = copy.deepcopy(model)
+    # torch attention's packed in_proj_weight becomes q/k/v layers that share weights too.
+    left = unpack_attention(work, "Deep Compression", cfg.skip_unsupported).left
+    dense = {name: f"left as it is: {why}" for name, why in left.items()}
+    for name, m in work.named_modules():
+        if isinstance(m, nn.RNNBase):
+            dense[name] = "pruned; stored dense (weight sharing covers conv and linear layers)"
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
     pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)
@@ -593,4 +603,5 @@ def deep_compression(
             {"epoch": e["epoch"], **{k: v for k, v in e.items() if k != "epoch"}}
             for e in history.epochs
         ],
+        dense,
     )

@@ -150,12 +150,16 @@ class DistillationStep(Step):
         return StepOutput(loss, logits, y, batch_size_of(x))
 
 
-def width_scaled(model_kwargs: dict[str, Any], name: str, factor: float) -> dict[str, Any]:
-    """Keyword arguments for a width-scaled copy of a registry model (cnn, mlp, resnet*)."""
+def width_scaled(
+    model_kwargs: dict[str, Any], name: str, factor: float, depth: int | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for a smaller copy of a registry model: ``factor`` times the width
+    (channels, hidden units, or a transformer's model dimension, kept a multiple of its heads)
+    and, for transformers and recurrent models, ``depth`` layers."""
     kwargs = copy.deepcopy(model_kwargs)
 
-    def scale(n: int) -> int:
-        return max(1, round(n * factor))
+    def scale(n: int, step: int = 1) -> int:
+        return max(step, step * round(n * factor / step))
 
     if name == "cnn":
         kwargs["channels"] = [scale(c) for c in kwargs.get("channels", (32, 64))]
@@ -163,6 +167,14 @@ def width_scaled(model_kwargs: dict[str, Any], name: str, factor: float) -> dict
         kwargs["hidden"] = [scale(h) for h in kwargs.get("hidden", (256, 128))]
     elif name.startswith("resnet"):
         kwargs["width"] = scale(kwargs.get("width", 16))
+    elif name in ("transformer", "vit"):
+        kwargs["dim"] = scale(kwargs.get("dim", 64), kwargs.get("heads", 4))
+    elif name == "rnn":
+        kwargs["hidden"] = scale(kwargs.get("hidden", 64))
     else:
         raise ValueError(f"no width rule for model '{name}': build the student yourself")
+    if depth is not None:
+        if name not in ("transformer", "vit", "rnn"):
+            raise ValueError(f"no depth rule for model '{name}' (transformer, vit, rnn have one)")
+        kwargs["depth" if name != "rnn" else "layers"] = depth
     return kwargs

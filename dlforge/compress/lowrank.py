@@ -29,6 +29,9 @@ class LowRankConfig(Config):
     energy: float = 0.9  # energy mode: share of squared singular values kept
     layers: list[str] | None = None  # default: every linear and (grouped-free) conv layer
     hooi_iterations: int = 5
+    # Leave layers that cannot be factorised (see compress/checks.py) as they are, listed in
+    # the result, instead of refusing the model.
+    skip_unsupported: bool = False
 
     def validate(self) -> None:
         check(0 < self.ratio < 1, "ratio", self.ratio, "must be in (0, 1)")
@@ -42,6 +45,7 @@ class LowRankResult:
     ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
     params_before: dict[str, int] = field(default_factory=dict)
     params_after: dict[str, int] = field(default_factory=dict)
+    left: dict[str, str] = field(default_factory=dict)  # layers left as they were, and why
 
 
 def _rank_for_energy(s: torch.Tensor, energy: float) -> int:
@@ -146,19 +150,42 @@ def params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def factorize(model: nn.Module, cfg: LowRankConfig | None = None) -> LowRankResult:
+def factorize(
+    model: nn.Module, cfg: LowRankConfig | None = None, example: Any = None
+) -> LowRankResult:
     """Replace chosen linear/conv layers in place; a layer whose factorisation would not be
-    smaller is left as it is (and not listed)."""
+    smaller is left as it is (and not listed).
+
+    torch's attention modules are first rewritten with separate q/k/v/out layers
+    (``models/convert.py``), so their projections are factorised too. With ``example``, layers
+    the forward pass never calls are found first (their parent reads the weight directly) and
+    refused, or left and listed with ``skip_unsupported``. Recurrent layers are not factorised
+    (listed in ``left``).
+    """
+    from dlforge.compress.checks import uncalled_layers
+    from dlforge.models.convert import UnsupportedLayerError, unpack_attention
+
     cfg = cfg or LowRankConfig()
-    candidates = {
-        n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    }
+    result = LowRankResult(model)
+    result.left.update(unpack_attention(model, "low-rank factorisation", cfg.skip_unsupported).left)
+    types = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    candidates = {n: m for n, m in model.named_modules() if isinstance(m, types)}
+    if example is not None:
+        problems = uncalled_layers(model, example, types)
+        if cfg.layers is not None:
+            problems = {k: v for k, v in problems.items() if k in cfg.layers}
+        if problems and not cfg.skip_unsupported:
+            raise UnsupportedLayerError("low-rank factorisation", problems)
+        result.left.update(problems)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.RNNBase):
+            result.left[name] = "recurrent weights are not factorised (Linear and conv only)"
     if cfg.layers is not None:
         unknown = sorted(set(cfg.layers) - set(candidates))
         if unknown:
             raise ValueError(f"lowrank: no linear/conv layer named {unknown}")
         candidates = {n: candidates[n] for n in cfg.layers}
-    result = LowRankResult(model)
+    candidates = {n: m for n, m in candidates.items() if n not in result.left}
     for name, layer in candidates.items():
         if isinstance(layer, nn.Linear):
             rank = _linear_rank(layer, cfg)

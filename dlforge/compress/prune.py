@@ -22,7 +22,9 @@ from dlforge.train.callbacks import Callback
 if TYPE_CHECKING:
     from dlforge.train.trainer import Trainer
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)  # their ``weight`` is pruned
+# torch's attention keeps q/k/v packed in in_proj_weight (or three *_proj_weight matrices).
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
 class Mask(nn.Module):
@@ -54,25 +56,48 @@ class MagnitudePrune(Config):
             check(self.threshold >= 0, "threshold", self.threshold, "must be >= 0")
 
 
-Layer = nn.Conv1d | nn.Conv2d | nn.Linear
+Target = tuple[nn.Module, str]  # a module and the name of the weight matrix pruned in it
 
 
-def prunable_layers(model: nn.Module, names: list[str] | None = None) -> dict[str, Layer]:
-    layers: dict[str, Layer] = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+def _matrices(module: nn.Module) -> list[str]:
+    """The weight matrices of ``module`` itself that pruning ranks."""
+    if isinstance(module, LAYERS):
+        return ["weight"]
+    if isinstance(module, nn.MultiheadAttention):  # its out_proj is an nn.Linear of its own
+        return [n for n in ATTENTION_WEIGHTS if getattr(module, n, None) is not None]
+    if isinstance(module, nn.RNNBase):  # GRU/LSTM/RNN: input and recurrent matrices per layer
+        return [n for n in module._flat_weights_names if n.startswith("weight_")]
+    return []
+
+
+def _key(module_name: str, tensor: str) -> str:
+    """A layer's name for its ``weight`` (``conv1``), else ``module.tensor``
+    (``attn.in_proj_weight``, ``gru.weight_hh_l0``)."""
+    if tensor == "weight":
+        return module_name
+    return f"{module_name}.{tensor}" if module_name else tensor
+
+
+def prunable_weights(model: nn.Module, names: list[str] | None = None) -> dict[str, Target]:
+    """Every weight matrix pruning can mask: conv, linear and embedding weights, torch
+    attention's packed projections and recurrent layers' matrices, by ``_key`` name."""
+    found: dict[str, Target] = {}
+    for mname, module in model.named_modules():
+        for tensor in _matrices(module):
+            found[_key(mname, tensor)] = (module, tensor)
     if names is not None:
-        unknown = sorted(set(names) - set(layers))
+        unknown = sorted(set(names) - set(found))
         if unknown:
-            raise ValueError(
-                f"prune: no conv/linear layer named {unknown} (layers: {sorted(layers)})"
-            )
-        layers = {n: layers[n] for n in names}
-    if not layers:
-        raise ValueError("prune: the model has no conv or linear layer")
-    return layers
+            raise ValueError(f"prune: no weight matrix named {unknown} (have: {sorted(found)})")
+        found = {n: found[n] for n in names}
+    if not found:
+        raise ValueError("prune: the model has no conv, linear, attention or recurrent weights")
+    return found
 
 
-def effective_weight(module: Layer) -> torch.Tensor:
-    return module.weight.detach()  # the parametrized weight is already masked
+def effective_weight(target: Target) -> torch.Tensor:
+    module, tensor = target
+    return getattr(module, tensor).detach()  # a parametrized weight is already masked
 
 
 def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,8 +110,8 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def compute_masks(model: nn.Module, cfg: MagnitudePrune) -> dict[str, torch.Tensor]:
-    layers = prunable_layers(model, cfg.layers)
-    weights = {n: effective_weight(m).abs() for n, m in layers.items()}
+    targets = prunable_weights(model, cfg.layers)
+    weights = {n: effective_weight(t).abs() for n, t in targets.items()}
     if cfg.threshold is not None:
         return {n: (w > cfg.threshold).float() for n, w in weights.items()}
     assert cfg.amount is not None
@@ -102,23 +127,26 @@ def compute_masks(model: nn.Module, cfg: MagnitudePrune) -> dict[str, torch.Tens
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Attach (or replace) each layer's mask; returns the model (changed in place)."""
+    """Attach (or replace) each weight's mask; returns the model (changed in place)."""
+    targets = prunable_weights(model)
+    unknown = sorted(set(masks) - set(targets))
+    if unknown:
+        raise ValueError(f"prune: no weight matrix named {unknown}")
     for name, mask in masks.items():
-        module = model.get_submodule(name)
-        existing = _mask_of(module)
+        module, tensor = targets[name]
+        existing = _mask_of(module, tensor)
         if existing is not None:
             existing.mask.copy_(mask.to(existing.mask))
         else:
-            weight = module.weight
-            assert isinstance(weight, torch.Tensor)
-            parametrize.register_parametrization(module, "weight", Mask(mask.to(weight)))
+            weight = getattr(module, tensor)
+            parametrize.register_parametrization(module, tensor, Mask(mask.to(weight)))
     return model
 
 
-def _mask_of(module: nn.Module) -> Mask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _mask_of(module: nn.Module, tensor: str) -> Mask | None:
+    if not parametrize.is_parametrized(module, tensor):
         return None
-    plist = module.parametrizations["weight"]  # type: ignore[index]
+    plist = module.parametrizations[tensor]  # type: ignore[index]
     return next((p for p in plist if isinstance(p, Mask)), None)
 
 
@@ -129,31 +157,42 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePrune | None = None) -> nn.M
 
 def make_permanent(model: nn.Module) -> nn.Module:
     """Bake the masks in: plain ``weight`` parameters with the pruned entries at zero."""
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    for module in list(model.modules()):  # removal edits the module tree
+        masked = [t for t in _matrices(module) if _mask_of(module, t) is not None]
+        if masked:
+            # A deep copy of a parametrized module shares its generated class, and removal
+            # deletes the weight's property from that class: give this module its own first,
+            # or the module it was copied from (or to) would lose its weight.
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+        for tensor in masked:
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
     return model
 
 
 def sparsity(model: nn.Module) -> dict[str, Any]:
-    """Zero shares: of the prunable weights (what pruning ranks), per layer and overall
+    """Zero shares: of the prunable weight matrices (what pruning ranks), per matrix and overall
     (``global``), and of every parameter the model has (``all_parameters``).
 
-    ``left_out`` names the weight matrices pruning does not touch (recurrent weights, attention
-    ``in_proj_weight``, embeddings): for a GRU + attention model a ``global`` of 0.9 can mean
-    that only a tenth of the model's weights are zero, and the figure must say so.
+    ``left_out`` names weight matrices of modules pruning does not know (a user's own layer
+    with a ``weight`` parameter): the ``global`` figure does not count them, and must say so.
     """
     per_layer, zeros, total = {}, 0, 0
-    for name, m in prunable_layers(model).items():
-        w = effective_weight(m)
+    targets = prunable_weights(model)
+    for name, t in targets.items():
+        w = effective_weight(t)
         z = int((w == 0).sum())
         per_layer[name] = z / w.numel()
         zeros, total = zeros + z, total + w.numel()
     tensors = effective_parameters(model)
     all_zeros = sum(int((t == 0).sum()) for t in tensors.values())
     all_total = sum(t.numel() for t in tensors.values())
-    counted = {f"{n}.weight" for n in per_layer}
-    left_out = [n for n, t in tensors.items() if t.dim() >= 2 and n not in counted]
+    counted = {f"{n}.weight" if tensor == "weight" else n for n, (_, tensor) in targets.items()}
+    left_out = [
+        n
+        for n, t in tensors.items()
+        if t.dim() >= 2 and n not in counted and "weight" in n.rpartition(".")[2]
+    ]
     return {
         "global": zeros / total,
         "layers": per_layer,
@@ -254,12 +293,12 @@ class GradualPruner(Callback):
     def on_restore(self, trainer: Trainer, model_state: dict[str, torch.Tensor]) -> None:
         """A resumed run's saved weights carry masks: put (placeholder) masks on the layers
         they belong to, so the state loads; the saved masks then replace them."""
-        suffix = ".parametrizations.weight.original"
-        masked = [k[: -len(suffix)] for k in model_state if k.endswith(suffix)]
-        apply_masks(
-            trainer.model,
-            {name: torch.ones_like(model_state[name + suffix]) for name in masked},
-        )
+        masks = {}
+        for key, value in model_state.items():
+            owner, sep, rest = key.partition(".parametrizations.")
+            if sep and rest.endswith(".original"):
+                masks[_key(owner, rest[: -len(".original")])] = torch.ones_like(value)
+        apply_masks(trainer.model, masks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history]}

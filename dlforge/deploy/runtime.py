@@ -62,3 +62,33 @@ class OrtModel:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+INT8_KERNELS = {"MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "QAttention",
+                "DynamicQuantizeMatMul", "QEmbedLayerNormalization"}  # fmt: skip
+# Ops that only move, index or convert values: not where the arithmetic is.
+DATA_MOVEMENT = {"Reshape", "Transpose", "Shape", "Gather", "Concat", "Slice", "Unsqueeze",
+                 "Squeeze", "Expand", "Where", "Equal", "Constant", "ConstantOfShape", "Cast",
+                 "Identity", "Flatten", "QuantizeLinear", "DequantizeLinear", "MaxPool",
+                 "ReorderInput", "ReorderOutput", "Range", "Split", "Tile"}  # fmt: skip
+
+
+def kernels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Which compute kernels ONNX Runtime runs ``path`` with after its graph optimisations:
+    ``{"int8": {op: count}, "float": {op: count}}``, data movement left out. This is how a
+    QDQ file is checked: a DequantizeLinear that ORT cannot fuse leaves its op in float."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        open_session(path, options)
+        ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    int8 = {op: n for op, n in ops.items() if op.startswith("QLinear") or op in INT8_KERNELS}
+    other = {op: n for op, n in ops.items() if op not in int8 and op not in DATA_MOVEMENT}
+    return {"int8": dict(sorted(int8.items())), "float": dict(sorted(other.items()))}

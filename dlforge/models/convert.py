@@ -45,24 +45,29 @@ class Unpacked:
 def unpack_attention(
     model: nn.Module, technique: str = "this technique", skip_unsupported: bool = False
 ) -> Unpacked:
-    """Rewrite torch attention modules of ``model`` in place (see the module docstring)."""
+    """Rewrite torch attention modules of ``model`` in place (see the module docstring); a
+    refusal leaves the model as it was."""
+    check = Unpacked()
+    _walk(model, "", check, rewrite=False)
+    if check.left and not skip_unsupported:
+        raise UnsupportedLayerError(technique, check.left)
     result = Unpacked()
-    _walk(model, "", result)
-    if result.left and not skip_unsupported:
-        raise UnsupportedLayerError(technique, result.left)
+    _walk(model, "", result, rewrite=True)
     return result
 
 
-def _walk(module: nn.Module, prefix: str, result: Unpacked) -> None:
+def _walk(module: nn.Module, prefix: str, result: Unpacked, rewrite: bool) -> None:
     for name, child in list(module.named_children()):
         path = f"{prefix}{name}"
         new = _rewrite(child, path, result)
         if new is not None:
-            setattr(module, name, new)
             result.converted.append(path)
+            if not rewrite:
+                continue  # what it would become is rewritten whole
+            setattr(module, name, new)
             child = new
         if not isinstance(child, NOT_REWRITTEN):
-            _walk(child, f"{path}.", result)
+            _walk(child, f"{path}.", result, rewrite)
 
 
 def _rewrite(child: nn.Module, path: str, result: Unpacked) -> nn.Module | None:

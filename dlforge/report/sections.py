@@ -200,6 +200,12 @@ def _compress_notes(notes: dict[str, Any]) -> list[str]:
             f"Structured pruning removed {st['macs_removed']:.1%} of the MACs "
             f"(target {st['macs_target']:.0%})"
         )
+    for technique, layers in notes.get("left_as_is", {}).items():
+        lines.append(f"{technique}: left as it is (skip_unsupported): " + _reasons(layers))
+    if notes.get("lowrank", {}).get("left"):
+        lines.append("Low-rank: not factorised: " + _reasons(notes["lowrank"]["left"]))
+    if notes.get("deep_compression", {}).get("dense"):
+        lines.append("Deep Compression: " + _reasons(notes["deep_compression"]["dense"]))
     account = notes.get("deep_compression", {}).get("account")
     if account:
         lines.append(
@@ -209,6 +215,14 @@ def _compress_notes(notes: dict[str, Any]) -> list[str]:
             f"({account['account_ratio']:.1f}x)"
         )
     return lines
+
+
+def _ops(counts: dict[str, int]) -> str:
+    return ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())) or "-"
+
+
+def _reasons(layers: dict[str, str]) -> str:
+    return "; ".join(f"{name} ({why})" for name, why in layers.items())
 
 
 def quantize_section(title: str, qz: dict[str, Any], notes: list[str]) -> list[str]:
@@ -235,7 +249,11 @@ def quantize_section(title: str, qz: dict[str, Any], notes: list[str]) -> list[s
                 "method": qz.get("method", "ptq"),
                 "calibrator used": qz.get("observer", ""),
                 "quantized layers": ", ".join(qz["quantized_layers"]) or "none",
-                "layers left in float": ", ".join(qz["float_layers"]) or "none",
+                "layers left in float": _reasons(qz.get("float_reasons", {}))
+                or ", ".join(qz["float_layers"])
+                or "none",
+                "ONNX Runtime kernels, int8": _ops(qz.get("kernels", {}).get("int8", {})),
+                "ONNX Runtime kernels, float": _ops(qz.get("kernels", {}).get("float", {})),
                 "batch norms folded": ", ".join(qz["folded_batch_norms"]) or "none",
                 "settings": ", ".join(f"{k}={v}" for k, v in qz["config"].items()),
             }

@@ -9,6 +9,7 @@ speed up dense kernels. A technique is a function in ``TECHNIQUES``; adding one 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class LowRankStageConfig(Config):
 @dataclass
 class DistillStageConfig(Config):
     width: float = 0.5  # student = the teacher's architecture at this width
+    depth: int | None = None  # and, for transformer/vit/rnn, this many layers
     temperature: float = 4.0
     alpha: float = 0.9
     # The student learns from scratch, so it gets a from-scratch recipe, and the student trained
@@ -110,6 +112,9 @@ class CompressConfig(Config):
     deep_compression: DeepCompressionConfig = field(default_factory=DeepCompressionConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
     bench_rounds: int = 3
+    # Every technique checks the model before any training: a layer it cannot handle is refused
+    # by name, or with this set left as it is and listed in the report.
+    skip_unsupported: bool = False
 
     # Each technique now has its own fine-tuning settings.
     MOVED: ClassVar[dict[str, str]] = {
@@ -205,16 +210,21 @@ def _lowrank(job: Job) -> None:
     from torch import nn
 
     from dlforge.compress.lowrank import LowRankConfig, factorize
+    from dlforge.models.convert import unpack_attention
 
     cfg = job.cfg.lowrank
     work = plain_copy(job.teacher)
+    unpack_attention(work, "low-rank factorisation", job.cfg.skip_unsupported)  # q/k/v listed
     # The first layer (few input channels) and the classifier (few outputs) gain little and
     # lose most from a rank cut, as is usual practice: factorise the layers between.
     names = [n for n, m in work.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     inner = names[1:-1] or names
-    result = factorize(work, LowRankConfig(mode="ratio", ratio=cfg.ratio, layers=inner))
+    plan = LowRankConfig(mode="ratio", ratio=cfg.ratio, layers=inner,
+                         skip_unsupported=job.cfg.skip_unsupported)  # fmt: skip
+    result = factorize(work, plan, job.example)
     finetune(work, job.data, cfg.finetune)
     job.notes["lowrank"] = {
+        "left": result.left,
         "ranks": {k: list(v) for k, v in result.ranks.items()},
         "factorised_params_before": sum(result.params_before.values()),
         "factorised_params_after": sum(result.params_after.values()),
@@ -231,9 +241,12 @@ def _deep_compression(job: Job) -> None:
     path = job.out_dir / "model.dc"
     ft = cfg.finetune
     loader = job.data.loader("train", ft.batch_size, True, torch.Generator().manual_seed(ft.seed))
+    cfg = dataclasses.replace(
+        cfg, skip_unsupported=job.cfg.skip_unsupported or cfg.skip_unsupported
+    )
     dc = deep_compression(plain_copy(job.teacher), loader, None, path, cfg)
     job.notes["deep_compression"] = {"file": str(path), "sparsity": dc.sparsity,
-                                     "account": dc.account}  # fmt: skip
+                                     "account": dc.account, "dense": dc.dense}  # fmt: skip
     job.variants["deep_compression"] = dc.model
 
 
@@ -246,7 +259,7 @@ def _distill(job: Job) -> None:
     if job.model_name is None:
         raise ValueError("distill needs the registry name of the teacher's model")
     cfg = job.cfg.distill
-    kwargs = width_scaled(job.model_kwargs, job.model_name, cfg.width)
+    kwargs = width_scaled(job.model_kwargs, job.model_name, cfg.width, cfg.depth)
     data = job.data
 
     def student() -> nn.Module:  # the distilled student and the one trained alone start alike
@@ -262,6 +275,40 @@ def _distill(job: Job) -> None:
     job.notes["distill"] = {"student_kwargs": kwargs}
     job.variants["distill"] = distilled
     job.variants["student_alone"] = alone
+
+
+def check_techniques(job: Job) -> dict[str, dict[str, str]]:
+    """Per technique, the layers it cannot handle (refused unless ``skip_unsupported``).
+
+    Structured pruning, low-rank and Deep Compression replace layers, so each layer must be
+    called by its parent (``compress/checks.py``); every technique but magnitude pruning needs
+    torch's attention rewritten (``models/convert.py``); distillation needs a width rule.
+    """
+    from torch import nn
+
+    from dlforge.compress.checks import uncalled_layers
+    from dlforge.compress.distill import width_scaled
+    from dlforge.models.convert import UnsupportedLayerError, unpack_attention
+
+    work = plain_copy(job.teacher)
+    left = unpack_attention(work, skip_unsupported=True).left
+    uncalled = uncalled_layers(work, job.example, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    found: dict[str, dict[str, str]] = {}
+    for technique in job.cfg.techniques:
+        problems = {} if technique == "prune" else dict(left)
+        if technique in ("structured", "lowrank", "deep_compression"):
+            problems |= uncalled
+        if technique == "distill":
+            try:
+                width_scaled(job.model_kwargs, job.model_name or "", job.cfg.distill.width,
+                             job.cfg.distill.depth)  # fmt: skip
+            except ValueError as exc:
+                raise ConfigError(f"distill: {exc}", "compress.distill") from None
+        if problems and not job.cfg.skip_unsupported:
+            raise UnsupportedLayerError(technique, problems)
+        if problems:
+            found[technique] = problems
+    return found
 
 
 TECHNIQUES: dict[str, Callable[[Job], None]] = {
@@ -284,6 +331,7 @@ def compress_stage(
     """Apply each technique to a copy of ``model``; measure every variant and the baseline."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = Job(plain_copy(model), data, cfg, out_dir, model_name, dict(model_kwargs or {}))
+    job.notes["left_as_is"] = check_techniques(job)  # before any training time is spent
     job.variants["baseline"] = job.teacher
     for technique in cfg.techniques:
         log.info("compress: %s", technique)

@@ -78,6 +78,7 @@ def quantize_stage(
     from dlforge.compress.quantize.sensitivity import mixed_precision
     from dlforge.deploy.bench import ort_runner
     from dlforge.deploy.export import export_onnx
+    from dlforge.deploy.runtime import kernels
     from dlforge.deploy.session import PREPROCESSING_FILE
     from dlforge.train.checkpoint import atomic_write_json
 
@@ -130,6 +131,8 @@ def quantize_stage(
         "observer": plan.config.observer,
         "quantized_layers": _layer_names(plan.model, plan.quantized),
         "float_layers": plan.float_layers,
+        "float_reasons": plan.float_reasons,
+        "kernels": kernels(int8_path),
         "folded_batch_norms": plan.folded_bn,
         "activation_quantizers": len(plan.activation_quantizers),
         "accuracy": {

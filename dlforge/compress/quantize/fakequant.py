@@ -54,10 +54,17 @@ class ActQuant(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
         self.mode: Literal["observe", "quantize", "float", "qat"] = "observe"
+        self.unquantizable = False  # saw integers or infinities while calibrating
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
-            self.observer.update(x)
+            # An integer tensor (token ids, a 0/1 mask) or one holding infinities (an additive
+            # attention mask of -inf) has no int8 grid: it stays float rather than poison the
+            # range (a -inf minimum makes the scale infinite).
+            if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+                self.unquantizable = True
+            elif not self.unquantizable:
+                self.observer.update(x)
             return x
         if self.mode == "qat" and self.training and self.qat_observer is not None:
             # Ranges follow the training activations (moving average), then fake-quantize
@@ -73,6 +80,9 @@ class ActQuant(nn.Module):
         )
 
     def freeze(self) -> None:
+        if self.unquantizable:
+            self.mode = "float"
+            return
         scale, zp = self.observer.qparams()
         self.scale.copy_(scale.reshape(()))
         self.zero_point.copy_(zp.reshape(()))
@@ -324,6 +334,8 @@ def start_qat(plan: QuantPlan, momentum: float = 0.01) -> QuantPlan:
     from dlforge.compress.quantize.observers import MovingAverageMinMaxObserver
 
     for q in act_quantizers(plan.model):
+        if q.unquantizable:
+            continue  # stays float (see ActQuant.forward)
         observer = MovingAverageMinMaxObserver(q.spec, momentum=momentum)
         lo, hi = q.observer.range()
         observer.min_val, observer.max_val, observer.batches = lo.clone(), hi.clone(), 1
@@ -373,7 +385,7 @@ def convert_qat(plan: QuantPlan) -> QuantPlan:
     gm.delete_all_unused_submodules()
     gm.recompile()
     for q in act_quantizers(gm):
-        q.mode = "quantize"
+        q.mode = "float" if q.unquantizable else "quantize"
     return plan
 
 
