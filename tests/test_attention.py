@@ -43,7 +43,7 @@ def test_scaled_dot_product_equals_torch_sdpa(need_weights: bool) -> None:
 
 def test_plain_dot_product_has_no_scaling() -> None:
     q, k, v = qkv()
-    out, w = DotProductAttention(scaled=False)(q, k, v, need_weights=True)
+    out, _ = DotProductAttention(scaled=False)(q, k, v, need_weights=True)
     assert torch.allclose(out, torch.softmax(q @ k.transpose(-2, -1), -1) @ v, atol=TOL)
     assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, scale=1.0), atol=TOL)
 

@@ -30,7 +30,7 @@ def uncalled_layers(
             h.remove()
         model.train(was_training)
     problems = {}
-    for module, name in names.items():
+    for name in names.values():
         if name not in called:
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             problems[name] = (

@@ -564,9 +564,8 @@ def deep_compression(
     decoded from the written file by ``load_compressed`` (BN folded when ``cfg.fold_bn``, eval
     mode), so it is exactly what a later load of the file gives.
     """
-    from dlforge.train import Trainer
-
     from dlforge.models.convert import unpack_attention
+    from dlforge.train import Trainer
 
     cfg = cfg or DeepCompressionConfig()
     work = copy.deepcopy(model)

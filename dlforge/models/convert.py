@@ -90,7 +90,7 @@ def _rewrite(child: nn.Module, path: str, result: Unpacked) -> nn.Module | None:
         bad = [
             f"{path}.layers.{i}"
             for i, m in enumerate(child.layers)
-            if torch_mha_problem(m.self_attn)  # type: ignore[arg-type]
+            if torch_mha_problem(m.self_attn)
         ]
         if bad:
             result.left[path] = f"layers {bad} have attention options that are not rewritten"
