@@ -455,8 +455,12 @@ def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
     matter, and ``model`` itself is not changed): a batch-norm-folded copy when the file was
     written that way, else a deep copy. Returned in eval mode. ``CheckpointError`` if the file
     is unreadable, corrupt or does not fit the model."""
+    from dlforge.models.convert import unpack_attention
+
     c = _parse(path)
-    model = fold_batch_norm(model)[0] if c.header["folded_bn"] else copy.deepcopy(model)
+    model = copy.deepcopy(model)
+    unpack_attention(model, skip_unsupported=True)  # as deep_compression() wrote it
+    model = fold_batch_norm(model)[0] if c.header["folded_bn"] else model
     own = model.state_dict()
     _check_fits(path, c, own)
     state = {f"{x.name}.weight": decode_layer(x.streams, x.entries) for x in c.layers}
