@@ -229,3 +229,32 @@ def test_a_failed_stage_keeps_what_the_earlier_ones_wrote(
     # --debug shows the traceback instead
     with pytest.raises(Exception, match="cannot trace"):
         main(["--debug", "run", *quick(tmp_path, *extra)])
+
+
+def test_transformer_recipe_end_to_end(tmp_path: Path) -> None:
+    """The shipped transformer recipe, shortened: train, int8, heads/FFN pruning, low-rank,
+    a shallower distilled student, and a report with attention maps."""
+    sets = [
+        f"output_dir={tmp_path}",
+        "data.mnist1d_samples=600",
+        "train.epochs=2",
+        "compress.structured.finetune.epochs=1",
+        "compress.lowrank.finetune.epochs=1",
+        "compress.distill.train.epochs=1",
+        "compress.bench_rounds=1",
+    ]
+    args = ["-q", "run", str(ROOT / "recipes/transformer.yaml")]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    run_dir = tmp_path / "mnist1d-transformer"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    q = metrics["quantize"]
+    assert q["kernels"]["int8"].get("MatMulIntegerToFloat", 0) >= 12  # 4 projections x 3 layers
+    assert q["kernels"]["int8"].get("QLinearMatMul", 0) >= 6  # QK^T and AV per layer
+    assert "normalisation stays float" in q["float_reasons"]["encoder.norm"]
+    rows = {r["variant"]: r for r in metrics["compress"]["rows"]}
+    assert rows["structured"]["macs"] < 0.75 * rows["baseline"]["macs"]
+    assert rows["lowrank"]["params"] < rows["baseline"]["params"]
+    assert rows["distill"]["params"] < 0.5 * rows["baseline"]["params"]  # 1 layer of 3
+    assert len(metrics["evaluate"]["attention"]["weights"]) == 4
+    html = (run_dir / "report.html").read_text()
+    assert "data-figure='attention'" in html and "MatMulIntegerToFloat" in html

@@ -204,3 +204,26 @@ def pareto(rows: list[dict[str, Any]]) -> bytes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def attention_maps(att: dict[str, Any]) -> bytes:
+    """Per sample: its input (signal or image) above its attention map (or pooling weights)."""
+    n = len(att["weights"])
+    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6), squeeze=False)
+    for i in range(n):
+        inp, w = np.asarray(att["inputs"][i]), np.asarray(att["weights"][i])
+        top, bottom = axes[0][i], axes[1][i]
+        if inp.ndim == 2:
+            top.imshow(inp, cmap="gray")
+            top.axis("off")
+        else:
+            top.plot(inp, lw=1)
+        top.set_title(f"true {att['labels'][i]}, predicted {att['predictions'][i]}", fontsize=9)
+        if w.ndim == 2:
+            bottom.imshow(w, cmap="viridis", aspect="auto")
+            bottom.set(xlabel="key", ylabel="query")
+        else:
+            bottom.bar(np.arange(len(w)), w)
+            bottom.set(xlabel="step", ylabel="pooling weight")
+    fig.tight_layout()
+    return to_png(fig)

@@ -101,6 +101,17 @@ def evaluate_section(ev: dict[str, Any], notes: list[str]) -> list[str]:
             notes,
         )
     )
+    if ev.get("attention"):
+        parts.append(
+            safe_figure(
+                "attention",
+                lambda: plots.attention_maps(ev["attention"]),
+                f"Attention of layer {ev['attention']['layer']} for the first test samples "
+                "(averaged over heads): each row is a query, each column the key it attends to; "
+                "for attention pooling, the weight of each step over the input.",
+                notes,
+            )
+        )
     if "clustering" in ev:
         cl = ev["clustering"]
         parts.append(

@@ -16,9 +16,10 @@ class EvaluateStage(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from dlforge.evaluate import evaluate_model
+        from dlforge.evaluate.attention_maps import attention_examples
 
         cfg = ctx.recipe.evaluate
-        return evaluate_model(
+        result = evaluate_model(
             ctx.model,
             ctx.data.loader(cfg.split, cfg.batch_size),
             ctx.data.class_names,
@@ -26,6 +27,12 @@ class EvaluateStage(Stage):
             device=next(ctx.model.parameters()).device,
             seed=ctx.seed,
         )
+        x, y = ctx.data.test
+        device = next(ctx.model.parameters()).device
+        maps = attention_examples(ctx.model, x.to(device), y, ctx.data.class_names)
+        if maps is not None:
+            result["attention"] = maps
+        return result
 
     def report(self, result: dict[str, Any], notes: list[str]) -> list[str]:
         from dlforge.report.sections import evaluate_section
