@@ -29,6 +29,9 @@ class DeepCompressionConfig(Config):
     # Fold batch norm into the convs first: the deployed model has no BN, so its four vectors
     # per channel need not be stored (they were half of a small CNN's compressed file).
     fold_bn: bool = True
+    # Leave layers Deep Compression cannot handle (see compress/checks.py) as they are, listed,
+    # instead of refusing the model before any training.
+    skip_unsupported: bool = False
 
     MOVED: ClassVar[dict[str, str]] = {
         "prune_epochs": "finetune.epochs",
@@ -59,9 +62,17 @@ class ChannelPrune(Config):
     # channels, and odd widths can run slower than the unpruned model (half the MACs of the
     # digits CNN at 22/45 channels did, in benchmarks/compress_ablations.py).
     round_to: int = 1
+    # Share of each attention module's heads removed (at least one kept), ranked by Michel et
+    # al.'s gradient importance when prune_channels gets data, else by weight norm. The channel
+    # amount (or the MAC scan) applies to the other spaces, feed-forward units among them.
+    heads: float = 0.0
+    # torch attention modules that cannot be rewritten as dlforge's (decoders, add_bias_kv) are
+    # refused; set this to leave them whole instead (their inputs are then kept whole too).
+    skip_unsupported: bool = False
 
     def validate(self) -> None:
         check(0 <= self.amount < 1, "amount", self.amount, "must be in [0, 1)")
+        check(0 <= self.heads < 1, "heads", self.heads, "must be in [0, 1)")
         if self.macs_removed is not None:
             check(0 < self.macs_removed < 1, "macs_removed", self.macs_removed, "must be in (0, 1)")
         check(self.round_to >= 1, "round_to", self.round_to, "must be >= 1")
