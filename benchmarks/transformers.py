@@ -62,7 +62,7 @@ CASES = {
             "train.optimizer.lr=1e-3",
             "train.optimizer.weight_decay=0.05",
         ],
-    ),  # fmt: skip
+    ),
     "digits_cnn": ("recipes/default.yaml", []),
 }
 NO_STAGES = ["quantize.enabled=false", "compress.enabled=false", "bench.enabled=false",

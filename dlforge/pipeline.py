@@ -107,7 +107,12 @@ def prepare(recipe: Recipe) -> tuple[DataBundle, nn.Module]:
     """Data and model: everything bad input can break, done before any file is written."""
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
-    return data, make_model(recipe, data)
+    model = make_model(recipe, data)
+    for stage in STAGES:  # a technique that cannot handle the model says so now
+        if stage.enabled(recipe):
+            stage.preflight(recipe, data, model)
+    seed_everything(recipe.seed)  # the checks draw no numbers the training would see
+    return data, model
 
 
 def train_stage(

@@ -217,3 +217,35 @@ def test_unpacking_torch_attention_keeps_outputs_and_refuses_what_it_cannot_rewr
     assert isinstance(model["ok"], MultiHeadAttention)
     assert isinstance(model["biased"], nn.MultiheadAttention)
     assert torch.allclose(model["ok"](x, x, x)[0], before, atol=TOL)
+
+
+def test_attention_maps_read_every_kind_of_attention_module() -> None:
+    from dlforge.evaluate.attention_maps import attention_maps
+    from dlforge.models import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("vit", (1, 8, 8), 10, dim=16, depth=2, heads=2).eval()
+    x = torch.randn(3, 1, 8, 8)
+    maps = attention_maps(vit, x)
+    assert list(maps) == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    layer = vit.encoder.layers[0]
+    tokens = torch.cat([vit.cls_token.expand(3, -1, -1), vit.embed(x).flatten(2).transpose(1, 2)],
+                       1) + vit.pos  # fmt: skip
+    _, expect = layer.self_attn(layer.norm1(tokens), need_weights=True)
+    assert torch.allclose(maps["encoder.layers.0.self_attn"], expect, atol=TOL)
+    assert not any(m.keep_weights for m in vit.attention_layers())  # restored
+    rnn = create_model("rnn", (1, 20), 3).eval()
+    pooled = attention_maps(rnn, torch.randn(2, 1, 20))["pool"]
+    assert pooled.shape == (2, 20) and torch.allclose(pooled.sum(1), torch.ones(2))
+    mha = nn.MultiheadAttention(4, 2, batch_first=True).eval()
+    seq = torch.randn(2, 5, 4)
+    assert torch.allclose(attention_maps(_SelfAttend(mha), seq)["attn"], mha(seq, seq, seq)[1])
+
+
+class _SelfAttend(nn.Module):
+    def __init__(self, attn: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)[0]

@@ -176,8 +176,8 @@ def test_deep_compression_writes_a_file_that_decodes_to_the_model(name: str) -> 
     with tempfile.TemporaryDirectory() as tmp:
         dc = deep_compression(model, loader(name), None, Path(tmp) / "m.dc", cfg)
         again = load_compressed(dc.path, model)
-        with torch.no_grad():
-            assert torch.equal(again(x), dc.model(x))
+        with torch.no_grad():  # (a channels_last model may round differently in the convs)
+            assert torch.allclose(again(x), dc.model(x), atol=1e-5)
         stored = dc.account["file_bytes"]
     fp32 = 4 * sum(p.numel() for p in model.parameters())
     if name in RECURRENT:  # recurrent matrices are pruned but stored dense (listed)
@@ -193,7 +193,7 @@ def test_distillation_into_a_smaller_student(name: str) -> None:
     if name == "vit":
         student = build(name, dim=16, depth=1)  # narrower and shallower
     elif name == "dwsep_se":
-        student = build(name, width=0.5)
+        student = build(name, widths=(8, 16, 32, 64))
     elif name == "torch_transformer":
         student = copy.deepcopy(teacher)
         student.encoder.layers = student.encoder.layers[:1]  # one layer instead of two

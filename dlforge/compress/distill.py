@@ -172,7 +172,11 @@ def width_scaled(
     elif name == "rnn":
         kwargs["hidden"] = scale(kwargs.get("hidden", 64))
     else:
-        raise ValueError(f"no width rule for model '{name}': build the student yourself")
+        raise ValueError(
+            f"no width rule for model '{name}' (cnn, mlp, resnet*, transformer, vit and rnn have "
+            "one): leave distill out of compress.techniques, or distil in Python with a student "
+            "of your own (dlforge.compress.distill.Distiller)"
+        )
     if depth is not None:
         if name not in ("transformer", "vit", "rnn"):
             raise ValueError(f"no depth rule for model '{name}' (transformer, vit, rnn have one)")

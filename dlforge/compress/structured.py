@@ -951,7 +951,14 @@ def _rounded(n: int, step: int) -> int:
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates for one example of ``example``: conv and linear layers; the QK^T and
     AV products of ``MultiHeadAttention`` (so pruned heads show); and the matrix-vector products
-    of GRU/LSTM/RNN layers at every step. Elementwise ops, norms and softmaxes are not counted."""
+    of GRU/LSTM/RNN layers at every step. Elementwise ops, norms and softmaxes are not counted.
+    torch's ``nn.MultiheadAttention`` is counted as its rewritten form (it reads its projection
+    weights directly, so no layer hook would see them)."""
+    from dlforge.models.convert import unpack_attention
+
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        model = copy.deepcopy(model)
+        unpack_attention(model, skip_unsupported=True)
     total = 0
 
     def layer(m: nn.Module, _inputs: Any, out: torch.Tensor) -> None:

@@ -1,8 +1,8 @@
 """Attention maps of a trained model for a few inputs, for the report.
 
-Every attention module is read through a forward hook: dlforge's ``MultiHeadAttention`` is asked
-for its weights (head-averaged), torch's ``nn.MultiheadAttention`` returns them by default, and
-``AttentionPooling`` keeps its pooling weights. Models without attention give nothing.
+dlforge's ``MultiHeadAttention`` and ``AttentionPooling`` are asked to keep their weights
+(head-averaged), whatever their callers request; torch's ``nn.MultiheadAttention`` returns them
+by default and is read through a forward hook. Models without attention give nothing.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
     attention layers, ``(n, steps)`` for attention pooling."""
     maps: dict[str, torch.Tensor] = {}
     hooks, restore = [], []
+    keepers = [m for m in model.modules() if isinstance(m, MultiHeadAttention | AttentionPooling)]
     for name, m in model.named_modules():
-        if isinstance(m, MultiHeadAttention):
-            restore.append((m, m.default_need_weights))
-            m.default_need_weights = True
-        if isinstance(m, MultiHeadAttention | nn.MultiheadAttention):
+        if isinstance(m, nn.MultiheadAttention):
             hooks.append(m.register_forward_hook(_keep_weights(maps, name)))
-        elif isinstance(m, AttentionPooling):
+        elif isinstance(m, MultiHeadAttention | AttentionPooling):
             restore.append((m, m.keep_weights))
             m.keep_weights = True
     was_training = model.training
@@ -37,15 +35,17 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
         for h in hooks:
             h.remove()
         for m, value in restore:
-            if isinstance(m, MultiHeadAttention):
-                m.default_need_weights = value
-            else:
-                m.keep_weights = value
+            m.keep_weights = value
         model.train(was_training)
     for name, m in model.named_modules():
-        if isinstance(m, AttentionPooling) and m.last_weights is not None:
+        if m in keepers and m.last_weights is not None:
             maps[name] = m.last_weights.cpu()
-    return maps
+            m.last_weights = None
+    return dict(sorted(maps.items(), key=lambda kv: _order(model, kv[0])))
+
+
+def _order(model: nn.Module, name: str) -> int:
+    return [n for n, _ in model.named_modules()].index(name)
 
 
 def _keep_weights(maps: dict[str, torch.Tensor], name: str) -> Any:

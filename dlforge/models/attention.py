@@ -187,6 +187,9 @@ class MultiHeadAttention(nn.Module):
         self.gate = nn.Linear(embed_dim, inner) if gated else None
         self.head_gate: torch.Tensor | None = None
         self.explicit = False  # set by the quantizer: explicit MatMuls instead of the fused kernel
+        # For plots: keep the head-averaged weights of the last call, whatever the caller asked.
+        self.keep_weights = False
+        self.last_weights: torch.Tensor | None = None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
@@ -218,7 +221,9 @@ class MultiHeadAttention(nn.Module):
         mask = combine_masks(attn_mask, key_padding_mask, is_causal, query.shape[1],
                              key.shape[1], q.dtype, q.device)  # fmt: skip
         p = self.dropout if self.training else 0.0
-        out, weights = attention(q, k, v, mask, None, need, p, self.explicit)
+        out, weights = attention(q, k, v, mask, None, need or self.keep_weights, p, self.explicit)
+        if self.keep_weights and weights is not None:
+            self.last_weights = weights.mean(1).detach()
         if self.head_gate is not None:
             out = out * self.head_gate[None, :, None, None]
         b, n = query.shape[0], query.shape[1]

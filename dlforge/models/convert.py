@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from dlforge.config import DlforgeError
 from dlforge.models.attention import MultiHeadAttention, torch_mha_problem
 from dlforge.models.transformer import Encoder, EncoderLayer
 
 NOT_REWRITTEN = (nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer)
 
 
-class UnsupportedLayerError(ValueError):
+class UnsupportedLayerError(DlforgeError, ValueError):
     """A layer a technique cannot handle; the message names the layer and why."""
 
     def __init__(self, technique: str, problems: dict[str, str]) -> None:

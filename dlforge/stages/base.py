@@ -54,6 +54,12 @@ class Stage:
     def run(self, ctx: RunContext) -> dict[str, Any]:
         raise NotImplementedError
 
+    def preflight(self, recipe: Recipe, data: DataBundle, model: nn.Module) -> None:
+        """Refuse, before any training, what ``run`` would fail on (e.g. a layer a technique
+        cannot handle): raise a ``DlforgeError`` naming it. ``model`` is untrained; leave it
+        unchanged."""
+        del recipe, data, model
+
     def report(self, result: dict[str, Any], notes: list[str]) -> list[str]:
         """HTML parts of the stage's report section (its heading included)."""
         from dlforge.report.tables import kv_table

@@ -51,6 +51,8 @@ class StructuredStageConfig(Config):
     criterion: Literal["l1", "l2", "bn_scale"] = "l1"
     macs_removed: float | None = None  # or: remove this share of the MACs (overrides amount)
     round_to: int = 16  # keep a multiple of this many channels (ONNX Runtime's AVX-512 conv blocks)
+    heads: float = 0.0  # share of each attention module's heads removed (Michel et al. ranking)
+    importance_batches: int = 8  # training batches the head importance is measured on
     # A thinner net re-learns after surgery (3e-3 served the benchmarks' CNNs).
     finetune: FineTune = field(default_factory=lambda: FineTune(epochs=10))
 
@@ -59,8 +61,9 @@ class StructuredStageConfig(Config):
     def validate(self) -> None:
         self.plan()  # the same rules (and messages) as ChannelPrune built in Python
 
-    def plan(self) -> ChannelPrune:
-        return ChannelPrune(self.amount, self.criterion, self.macs_removed, self.round_to)
+    def plan(self, skip_unsupported: bool = False) -> ChannelPrune:
+        return ChannelPrune(self.amount, self.criterion, self.macs_removed, self.round_to,
+                            self.heads, skip_unsupported)  # fmt: skip
 
 
 @dataclass
@@ -188,7 +191,11 @@ def _structured(job: Job) -> None:
     from dlforge.compress.structured import prune_channels
 
     cfg = job.cfg.structured
-    surgery = prune_channels(plain_copy(job.teacher), job.example, cfg.plan())
+    x, y = job.data.train
+    bs = cfg.finetune.batch_size
+    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, bs * cfg.importance_batches, bs)]
+    plan = cfg.plan(job.cfg.skip_unsupported)
+    surgery = prune_channels(plain_copy(job.teacher), job.example, plan, data=batches)
     if surgery.macs_removed <= 0:
         # Nothing was cut: a row of the same model would read as a result.
         job.notes["structured"] = {"skipped": "no channel could be removed",
@@ -202,6 +209,7 @@ def _structured(job: Job) -> None:
         "pinned": surgery.pinned,
         "macs_removed": surgery.macs_removed,
         "macs_target": cfg.macs_removed,
+        "heads": {"kept": surgery.heads_kept, "removed": surgery.heads_removed},
     }
     job.variants["structured"] = surgery.model
 
@@ -303,7 +311,7 @@ def check_techniques(job: Job) -> dict[str, dict[str, str]]:
                 width_scaled(job.model_kwargs, job.model_name or "", job.cfg.distill.width,
                              job.cfg.distill.depth)  # fmt: skip
             except ValueError as exc:
-                raise ConfigError(f"distill: {exc}", "compress.distill") from None
+                raise ConfigError(str(exc), "compress.distill") from None
         if problems and not job.cfg.skip_unsupported:
             raise UnsupportedLayerError(technique, problems)
         if problems:
@@ -402,6 +410,11 @@ def _measure(job: Job) -> dict[str, Any]:
 class CompressStage(Stage):
     name = "compress"
     title = "Compression (each technique from the same trained model)"
+
+    def preflight(self, recipe: Any, data: DataBundle, model: nn.Module) -> None:
+        job = Job(plain_copy(model), data, recipe.compress, Path("."), recipe.model.name,
+                  dict(recipe.model.kwargs))  # fmt: skip
+        check_techniques(job)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         r = ctx.recipe

@@ -182,6 +182,12 @@ class QuantizeStage(Stage):
     name = "quantize"
     title = "Quantization (int8)"
 
+    def preflight(self, recipe: Any, data: DataBundle, model: nn.Module) -> None:
+        from dlforge.models.convert import unpack_attention
+
+        cfg = recipe.quantize
+        unpack_attention(plain_copy(model), "int8 quantization", cfg.skip_unsupported)
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         result = quantize_stage(ctx.model, ctx.data, ctx.recipe.quantize, ctx.run_dir / "deploy")
         ctx.onnx_files.update({k: Path(v) for k, v in result["files"].items()})
