@@ -69,5 +69,5 @@ def test_sharing_fine_tuning_and_baking(digits, small_cnn) -> None:
     baked = bake(model)
     assert not any(isinstance(m, SharedWeightLayer) for m in baked.modules())
     assert acc(baked) == pytest.approx(tuned)
-    with pytest.raises(ValueError, match="no conv/linear layer named"):
+    with pytest.raises(ValueError, match="no conv/linear layer or recurrent matrix named"):
         share_weights(create_model("mlp", (4,), 2), CodebookConfig(layers=["nope"]))

@@ -44,9 +44,11 @@ from dlforge.compress.config import DeepCompressionConfig
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
 from dlforge.compress.quantize.codebook import (
     CodebookConfig,
+    SharedTensor,
     SharedWeightLayer,
     bake,
     share_weights,
+    shared_tensors,
 )
 from dlforge.compress.quantize.fold import fold_batch_norm
 from dlforge.train.checkpoint import CheckpointError, atomic_write
@@ -83,7 +85,7 @@ class LayerStreams:
     weight_bits: int
 
 
-def encode_layer(layer: SharedWeightLayer, index_bits: int) -> LayerStreams:
+def encode_layer(layer: SharedWeightLayer | SharedTensor, index_bits: int) -> LayerStreams:
     """Relative-index sparse encoding of the surviving weights, then Huffman on both streams."""
     codes = layer.codes.detach().cpu().flatten().long().numpy()
     if layer.mask is not None:
@@ -192,10 +194,16 @@ def _dense_record(name: str, t: torch.Tensor) -> bytes:
     return _text(name) + bytes([code]) + _shape(tuple(t.shape)) + raw
 
 
-def _dense_tensors(model: nn.Module, shared: dict[str, SharedWeightLayer]) -> list[bytes]:
+def _dense_tensors(
+    model: nn.Module, shared: dict[str, SharedWeightLayer], tensors: dict[str, SharedTensor]
+) -> list[bytes]:
     """Every tensor but the shared weights, under the plain model's names."""
     records = []
+    # A shared recurrent matrix "gru.weight_hh_l0" lives in "gru.parametrizations.weight_hh_l0.*"
+    parametrized = ["{0}.parametrizations.{2}.".format(*name.rpartition(".")) for name in tensors]
     for key, value in model.state_dict().items():
+        if any(key.startswith(p) for p in parametrized):
+            continue
         owner = next((n for n in shared if key.startswith(f"{n}.")), None)
         if owner is None:
             records.append(_dense_record(key, value))
@@ -209,9 +217,12 @@ def _dense_tensors(model: nn.Module, shared: dict[str, SharedWeightLayer]) -> li
 def save_compressed(
     model: nn.Module, path: str | Path, cfg: DeepCompressionConfig, meta: dict[str, Any]
 ) -> Path:
-    """Write a model whose conv/linear layers are ``SharedWeightLayer``s (masked) to ``path``
-    (atomically; ``.dc`` by convention). ``meta`` must be JSON-serialisable."""
+    """Write a model whose conv/linear layers are ``SharedWeightLayer``s and whose recurrent
+    matrices carry ``SharedTensor``s (masked) to ``path`` (atomically; ``.dc`` by convention).
+    A conv/linear record is named by its layer (its tensor is ``<layer>.weight``), a recurrent
+    one by its tensor (``gru.weight_hh_l0``). ``meta`` must be JSON-serialisable."""
     shared = {n: m for n, m in model.named_modules() if isinstance(m, SharedWeightLayer)}
+    tensors = shared_tensors(model)
     layers = [
         _layer_record(
             name,
@@ -221,7 +232,8 @@ def save_compressed(
         )
         for name, m in shared.items()
     ]
-    dense = _dense_tensors(model, shared)
+    layers += [_layer_record(n, encode_layer(t, cfg.index_bits_linear)) for n, t in tensors.items()]
+    dense = _dense_tensors(model, shared, tensors)
     header = {"format": FORMAT, "folded_bn": isinstance(model, fx.GraphModule), "meta": meta}
     body = b"".join(
         [
@@ -433,8 +445,13 @@ def _parse(path: str | Path) -> _Container:
     return _Container(header, spent + _CRC, layers, dense, len(data))
 
 
+def _key(record: str, own: dict[str, torch.Tensor]) -> str:
+    """A layer record's tensor: ``<layer>.weight``, or the recurrent matrix it names."""
+    return f"{record}.weight" if f"{record}.weight" in own else record
+
+
 def _check_fits(path: str | Path, c: _Container, own: dict[str, torch.Tensor]) -> None:
-    shapes = {f"{x.name}.weight": list(x.streams.shape) for x in c.layers}
+    shapes = {_key(x.name, own): list(x.streams.shape) for x in c.layers}
     shapes |= {d.name: list(d.tensor.shape) for d in c.dense}
     missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
     if missing or unexpected or len(shapes) != len(c.layers) + len(c.dense):
@@ -463,7 +480,7 @@ def load_compressed(path: str | Path, model: nn.Module) -> nn.Module:
     model = fold_batch_norm(model)[0] if c.header["folded_bn"] else model
     own = model.state_dict()
     _check_fits(path, c, own)
-    state = {f"{x.name}.weight": decode_layer(x.streams, x.entries) for x in c.layers}
+    state = {_key(x.name, own): decode_layer(x.streams, x.entries) for x in c.layers}
     # astype copies out of the file's buffer, in native byte order as torch needs
     state |= {
         d.name: torch.from_numpy(d.tensor.astype(d.tensor.dtype.newbyteorder("="))) for d in c.dense
@@ -550,7 +567,7 @@ class DeepCompressionResult:
     account: dict[str, Any]
     sparsity: float
     history: list[dict[str, Any]] = field(default_factory=list)
-    # weight matrices pruned but stored dense in the file, and why (e.g. recurrent layers)
+    # modules left as they are (skip_unsupported), stored dense, and why
     dense: dict[str, str] = field(default_factory=dict)
 
 
@@ -576,9 +593,6 @@ def deep_compression(
     # torch attention's packed in_proj_weight becomes q/k/v layers that share weights too.
     left = unpack_attention(work, "Deep Compression", cfg.skip_unsupported).left
     dense = {name: f"left as it is: {why}" for name, why in left.items()}
-    for name, m in work.named_modules():
-        if isinstance(m, nn.RNNBase):
-            dense[name] = "pruned; stored dense (weight sharing covers conv and linear layers)"
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
     pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)

@@ -155,16 +155,21 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePrune | None = None) -> nn.M
     return apply_masks(model, compute_masks(model, cfg or MagnitudePrune()))
 
 
+def own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before a parametrization is removed.
+
+    A deep copy of a parametrized module shares its generated class, and removal deletes the
+    tensor's property from that class: the module it was copied from (or to) would lose it."""
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Bake the masks in: plain ``weight`` parameters with the pruned entries at zero."""
     for module in list(model.modules()):  # removal edits the module tree
         masked = [t for t in _matrices(module) if _mask_of(module, t) is not None]
         if masked:
-            # A deep copy of a parametrized module shares its generated class, and removal
-            # deletes the weight's property from that class: give this module its own first,
-            # or the module it was copied from (or to) would lose its weight.
-            cls = type(module)
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            own_class(module)
         for tensor in masked:
             parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
     return model
