@@ -249,3 +249,14 @@ class _SelfAttend(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attn(x, x, x)[0]
+
+
+def test_causal_flag_equals_a_causal_mask_on_both_paths() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, 6, 8)
+    blocked = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    reference = mha(x, attn_mask=blocked)[0]
+    assert torch.allclose(mha(x, is_causal=True)[0], reference, atol=TOL)  # fused kernel
+    out, w = mha(x, is_causal=True, need_weights=True)  # explicit path
+    assert torch.allclose(out, reference, atol=TOL) and torch.all(w.triu(1) == 0)

@@ -66,19 +66,24 @@ def attention(
     need_weights: bool = False,
     dropout_p: float = 0.0,
     explicit: bool = False,
+    is_causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``softmax(q k^T * scale + mask) v`` over the last two dims; returns (output, weights).
 
     ``scale=None`` is ``1/sqrt(d)`` (scaled dot-product); ``scale=1.0`` is plain dot-product
-    attention. ``mask`` is an additive float mask (see ``combine_masks``). The fused kernel is
-    used unless weights are wanted or ``explicit`` is set.
+    attention. ``mask`` is an additive float mask (see ``combine_masks``); ``is_causal`` (with
+    no ``mask``) lets the fused kernel skip the future instead of adding a mask. The fused
+    kernel is used unless weights are wanted or ``explicit`` is set.
     """
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if not need_weights and not explicit:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                             is_causal=is_causal and mask is None,
                                              scale=scale)  # fmt: skip
         return out, None
+    if is_causal and mask is None:
+        mask = combine_masks(None, None, True, q.shape[-2], k.shape[-2], q.dtype, q.device)
     scores = torch.matmul(q * scale, k.transpose(-2, -1))
     if mask is not None:
         scores = scores + mask
@@ -218,10 +223,14 @@ class MultiHeadAttention(nn.Module):
         )
         if attn_mask is not None and attn_mask.dim() == 3:  # per head: (batch * heads, L, S)
             attn_mask = attn_mask.reshape(q.shape[0], self.num_heads, *attn_mask.shape[1:])
-        mask = combine_masks(attn_mask, key_padding_mask, is_causal, query.shape[1],
-                             key.shape[1], q.dtype, q.device)  # fmt: skip
+        mask = None
+        if attn_mask is not None or key_padding_mask is not None:  # causality joins the mask
+            mask = combine_masks(attn_mask, key_padding_mask, is_causal, query.shape[1],
+                                 key.shape[1], q.dtype, q.device)  # fmt: skip
         p = self.dropout if self.training else 0.0
-        out, weights = attention(q, k, v, mask, None, need or self.keep_weights, p, self.explicit)
+        causal = is_causal and mask is None
+        wanted = need or self.keep_weights
+        out, weights = attention(q, k, v, mask, None, wanted, p, self.explicit, causal)
         if self.keep_weights and weights is not None:
             self.last_weights = weights.mean(1).detach()
         if self.head_gate is not None:
