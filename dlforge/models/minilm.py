@@ -10,15 +10,18 @@ pooling over the real (non-padding) tokens and L2 normalisation. Every weight is
 One input tensor. ``ptq``/``calibrate`` feed the model one tensor per batch and ``export_onnx``
 exports a graph with one input named "input", so token ids and the attention mask travel
 together as one int64 tensor of shape ``(batch, 2, seq)``: ``x[:, 0]`` the ids, ``x[:, 1]``
-the mask (1 = token, 0 = padding). ``encode_batch`` builds it from sentences.
+the mask (1 = token, 0 = padding). ``encode_batch`` builds it from sentences. An exported
+graph has the sequence length of its example (only the batch is dynamic): pad to it.
 
 The module also holds what the int8 benchmark and tests share: a deterministic generator of
 English-like sentences (calibration and held-out text without downloads), a cosine-similarity
-summary and ``quantize_encoder``, PTQ with per-channel weights and chosen layers kept in float.
+summary and ``quantize_encoder`` (PTQ with per-channel weights; the attention's key/value
+biases folded away and its two matrix products left in float, both for speed on ONNX Runtime).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from collections.abc import Sequence
@@ -28,8 +31,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
+from dlforge.compress.quantize.config import QuantConfig
+from dlforge.compress.quantize.fakequant import MATMUL_FUNCS, ActQuant, QuantPlan, ptq
+from dlforge.models.attention import MultiHeadAttention
 from dlforge.models.transformer import Encoder, EncoderLayer
 
 
@@ -80,19 +86,12 @@ class SentenceEncoder(nn.Module):
         shape = shape or BertShape()
         self.shape = shape
         self.embeddings = BertEmbeddings(shape)
+        # BERT's layer: post-norm, erf GELU, no dropout at inference.
         layers = [
-            EncoderLayer(
-                shape.hidden_size,
-                shape.num_attention_heads,
-                shape.intermediate_size,
-                dropout=0.0,
-                activation="gelu",
-                layer_norm_eps=shape.layer_norm_eps,
-                batch_first=True,
-                norm_first=False,
-            )  # fmt: skip
+            EncoderLayer(shape.hidden_size, shape.num_attention_heads, shape.intermediate_size,
+                         0.0, "gelu", shape.layer_norm_eps, batch_first=True, norm_first=False)
             for _ in range(shape.num_hidden_layers)
-        ]
+        ]  # fmt: skip
         self.encoder = Encoder(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,3 +298,87 @@ def cosine_summary(reference: torch.Tensor, other: torch.Tensor) -> dict[str, fl
     """Mean and minimum row-wise cosine similarity of two embedding matrices."""
     cos = F.cosine_similarity(reference.double(), other.double(), dim=1)
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+@torch.no_grad()
+def fold_attention_biases(model: SentenceEncoder) -> SentenceEncoder:
+    """A copy that computes the same embeddings without the key and value biases.
+
+    The key bias adds q . b_k to every score of a query, the same for all keys: softmax removes
+    it. Each row of attention weights sums to 1, so the value bias leaves the attention as b_v,
+    and the output projection turns it into W_o b_v, a constant that joins its bias. The Linear
+    layers then export without those two Adds per layer, which ONNX Runtime does not fuse into
+    its int8 MatMul (about 7% of the int8 model's time at 32 x 128 tokens).
+    """
+    model = copy.deepcopy(model)
+    for attn in model.modules():
+        if not isinstance(attn, MultiHeadAttention):
+            continue
+        if attn.gate is not None or attn.head_gate is not None:
+            raise ValueError("fold_attention_biases: gated attention is not an identity here")
+        if attn.v_proj.bias is not None:
+            bias = attn.out_proj.weight @ attn.v_proj.bias
+            if attn.out_proj.bias is None:
+                attn.out_proj.bias = nn.Parameter(bias)
+            else:
+                attn.out_proj.bias.add_(bias)
+        attn.k_proj.bias = None  # type: ignore[assignment]  # nn.Linear(bias=False) stores None
+        attn.v_proj.bias = None  # type: ignore[assignment]
+    return model
+
+
+def float_attention_products(plan: QuantPlan) -> list[str]:
+    """Run the attention's two batched products (QK^T and AV) in float; returns the activation
+    quantizers this turns off (those that feed or leave a matrix product).
+
+    dlforge's quantizer runs them in int8 by default. On MiniLM at 128 tokens (ONNX Runtime,
+    x86 with VNNI) that gained nothing: the products are a twentieth of the multiply-adds, and
+    QLinearMatMul over (batch, heads, 128, 32) blocks plus the quantize/dequantize of the
+    (batch, heads, 128, 128) scores cost what int8 saved; the embeddings also lost a little
+    (cosine 0.9917 against 0.9925). benchmarks/minilm.py measures both. The q/k/v/out
+    projections stay int8.
+    """
+    gm = plan.model
+    modules = dict(gm.named_modules())
+    turned: list[str] = []
+
+    def off(node: fx.Node) -> None:
+        q = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(q, ActQuant) and q.mode != "float":
+            q.mode = "float"
+            turned.append(str(node.target))
+
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in MATMUL_FUNCS:
+            for arg in node.all_input_nodes:
+                off(arg)
+            for user in node.users:
+                off(user)
+    return turned
+
+
+def quantize_encoder(
+    model: SentenceEncoder,
+    calibration: Sequence[torch.Tensor],
+    observer: str = "mse",
+    skip: Sequence[str] = (),
+    int8_attention: bool = False,
+) -> QuantPlan:
+    """int8 post-training quantization of a ``SentenceEncoder``, ready for ``export_onnx``.
+
+    ``calibration``: ``encode_batch`` outputs, a few hundred varied sentences. Per-channel symmetric int8 weights for every Linear not in ``skip``, per-tensor uint8
+    activations calibrated by ``observer`` on all of ``calibration``; embeddings, LayerNorms
+    and the residual sums stay float (the quantizer's rules). The key and value biases are
+    folded away first (``fold_attention_biases``, exact). The attention products stay float
+    unless ``int8_attention`` (see ``float_attention_products``).
+    """
+    if not any(bool((batch[:, 1] == 0).any()) for batch in calibration):
+        # The attention's -inf padding mask is recognised (and left float) by seeing it: a
+        # calibration set without padding would give it an int8 range of [0, 0] instead.
+        raise ValueError("calibration batches must include padding (sentences of unequal length)")
+    config = QuantConfig(granularity="per_channel", observer=observer,  # type: ignore[arg-type]
+                         calibration_batches=len(calibration), skip=list(skip))  # fmt: skip
+    plan = ptq(fold_attention_biases(model), list(calibration), config)
+    if not int8_attention:
+        float_attention_products(plan)
+    return plan

@@ -5,7 +5,10 @@
   default);
 - an ``ActQuant`` sits on every tensor that feeds or leaves a quantized op (conv, linear, add,
   pooling), placed after a ReLU that directly follows the op, so the exported graph has the
-  QDQ pattern ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, ...).
+  QDQ pattern ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, ...). Two
+  exceptions keep transformers accurate: residual sums that a LayerNorm reads stay float, and
+  a Linear's output is quantized only for an int8 reader (MatMulIntegerToFloat needs none);
+  a tensor that holds integers or infinities (an attention mask) stays float.
 Layers with parameters that are none of these stay in float and are listed.
 
 The forward passes use PyTorch's ``fake_quantize_*`` ops, which our arithmetic reproduces bit for
@@ -234,6 +237,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
     modules = dict(gm.named_modules())
     graph = gm.graph
     quantizers: dict[fx.Node, fx.Node] = {}  # producer -> its ActQuant node
+    residual = _residual_adds(graph, modules)
     names: list[str] = []
 
     def quantize_output(producer: fx.Node) -> fx.Node:
@@ -249,12 +253,12 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
         names.append(name)
         with graph.inserting_after(producer):
             q = graph.call_module(name, (producer,))
-        producer.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        # Float residual sums keep reading the float value: the stream stays unquantized.
+        producer.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and u not in residual)
         quantizers[producer] = q
         quantizers[q] = q
         return q
 
-    residual = _residual_adds(graph, modules)
     for node in list(graph.nodes):
         kind = _kind(node, modules)
         if kind == "other" or node in residual:
@@ -267,8 +271,8 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, fold_bn: bool =
         users = list(point.users)
         if any(u.op == "output" for u in users) and not config.quantize_output:
             continue  # the model's output stays float (logits)
-        if _readers(point, modules) <= residual:
-            continue  # read by float residual sums only: ORT's MatMulIntegerToFloat, float out
+        if _float_read_linear(point, modules, residual):
+            continue  # ORT runs it as MatMulIntegerToFloat: a float output loses nothing
         if len(users) == 1 and _is_relu(users[0], modules):
             quantize_output(users[0])  # after the ReLU: its range [0, max] absorbs the ReLU
         else:
@@ -286,6 +290,25 @@ def _readers(node: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
     return out
 
 
+def _float_read_linear(
+    node: fx.Node, modules: dict[str, nn.Module], residual: set[fx.Node]
+) -> bool:
+    """A quantized Linear whose output only float ops read (GELU, a residual sum, softmax...).
+    Its int8 product does not need a quantized output (ONNX Runtime fuses DQ -> MatMul into
+    MatMulIntegerToFloat; the bias Add already kept QLinearMatMul away), and quantizing it
+    would cost accuracy and block fusions such as BiasGelu. A ReLU reader keeps the quantizer
+    after it, as for convs."""
+    layer = modules.get(str(node.target)) if node.op == "call_module" else None
+    if not isinstance(layer, QuantLayer) or not isinstance(layer.layer, nn.Linear):
+        return False
+    if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules):
+        return False
+    return all(
+        r.op != "output" and (_kind(r, modules) == "other" or r in residual)
+        for r in _readers(node, modules)
+    )  # the model's output reaches here only with quantize_output, which asks for a quantizer
+
+
 def _is_layer_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), nn.LayerNorm)
@@ -297,7 +320,7 @@ def _residual_adds(graph: fx.Graph, modules: dict[str, nn.Module]) -> set[fx.Nod
     residual stream (and BERT's embedding sum). They stay float: ONNX Runtime has no int8
     LayerNorm, so quantizing the sum buys no kernel, and the stream carries a few outlier
     features whose range per-tensor int8 cannot share with the rest (Bondarenko et al., 2021;
-    on MiniLM it cost 0.07 of cosine similarity)."""
+    quantizing them and the outputs summed into them left MiniLM at cosine 0.81, not 0.99)."""
     found: set[fx.Node] = set()
     for node in reversed(graph.nodes):  # users first, so chains of adds resolve in one pass
         if _kind(node, modules) == "add" and any(
