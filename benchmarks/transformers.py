@@ -77,7 +77,7 @@ def train_case(name: str, seed: int, out: str) -> Any:
     start = time.perf_counter()
     result = run(recipe)
     seconds = time.perf_counter() - start
-    epochs = result.metrics["train"]["history"]["epochs"]
+    epochs = result.metrics["train"]["epochs"]
     return result, {
         "accuracy": result.metrics["evaluate"]["summary"]["accuracy"],
         "epochs": len(epochs),
