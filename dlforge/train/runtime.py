@@ -13,9 +13,11 @@ see any of it: a step calls the model, DDP averages the gradients.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -30,6 +32,8 @@ from torch.utils.data import (
 )
 
 from dlforge.config import ConfigError
+
+log = logging.getLogger("dlforge.train")
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -136,6 +140,16 @@ class Runtime:
     def close(self) -> None:
         global _GROUP_CLOSED
         if self.distributed and dist.is_initialized():
+            # Every process arrives before the group goes: a process destroying it while another
+            # is still writing its checkpoint could abort that one (seen with gloo). A process
+            # that died is waited for a minute at most.
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=timedelta(seconds=60))
+                else:
+                    dist.barrier()
+            except RuntimeError as exc:
+                log.warning("processes did not all reach the end of training: %s", exc)
             dist.destroy_process_group()
             _GROUP_CLOSED = True
 
