@@ -79,6 +79,8 @@ def test_console_entry_point() -> None:
         [sys.executable, "-m", "dlforge", "models"], capture_output=True, text=True, check=True
     )
     assert "resnet20" in out.stdout.split()
+    # sequence models are sized on a signal when an image does not fit them
+    assert "102,282 parameters on a 1x40 signal" in out.stdout  # the transformer
 
 
 def test_quantize_and_bench_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -111,7 +111,8 @@ def create_model(
     return model
 
 
-EXAMPLE_SHAPE = (3, 32, 32)  # the input `dlforge models` sizes every model on (CIFAR-like)
+# The inputs `dlforge models` sizes a model on: CIFAR-like images, else MNIST-1D-like signals.
+EXAMPLE_SHAPES = (((3, 32, 32), "3x32x32 input"), ((1, 40), "1x40 signal"))
 
 
 def describe_models() -> list[dict[str, str]]:
@@ -126,12 +127,15 @@ def describe_models() -> list[dict[str, str]]:
             for p in params
             if p.name not in ("input_shape", "num_classes") and p.kind is not p.VAR_KEYWORD
         ]
-        try:
-            model = fn(input_shape=EXAMPLE_SHAPE, num_classes=10)
-            count = sum(p.numel() for p in model.parameters())
-            size = f"{count:,} parameters on a 3x32x32 input with 10 classes"
-        except Exception as exc:  # a model that needs other inputs still gets listed
-            size = f"not sized on a 3x32x32 input ({type(exc).__name__})"
+        size = ""
+        for shape, what in EXAMPLE_SHAPES:  # image models, then sequence models
+            try:
+                count = sum(p.numel() for p in fn(input_shape=shape, num_classes=10).parameters())
+            except Exception as exc:  # a model that needs other inputs still gets listed
+                size = size or f"not sized on a {what} ({type(exc).__name__})"
+                continue
+            size = f"{count:,} parameters on a {what} with 10 classes"
+            break
         rows.append({
             "name": name,
             "summary": doc[0] if doc else "",
