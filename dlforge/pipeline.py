@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dlforge.checkpoints import (
@@ -108,10 +109,11 @@ def prepare(recipe: Recipe) -> tuple[DataBundle, nn.Module]:
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     model = make_model(recipe, data)
+    rng = torch.get_rng_state()  # the checks must not move the numbers training draws
     for stage in STAGES:  # a technique that cannot handle the model says so now
         if stage.enabled(recipe):
             stage.preflight(recipe, data, model)
-    seed_everything(recipe.seed)  # the checks draw no numbers the training would see
+    torch.set_rng_state(rng)
     return data, model
 
 

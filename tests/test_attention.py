@@ -260,3 +260,35 @@ def test_causal_flag_equals_a_causal_mask_on_both_paths() -> None:
     assert torch.allclose(mha(x, is_causal=True)[0], reference, atol=TOL)  # fused kernel
     out, w = mha(x, is_causal=True, need_weights=True)  # explicit path
     assert torch.allclose(out, reference, atol=TOL) and torch.all(w.triu(1) == 0)
+
+
+def test_float_padding_mask_is_added_as_torch_adds_it() -> None:
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    ours = MultiHeadAttention.from_torch(ref).eval()
+    q = torch.randn(2, 5, 8)
+    soft = torch.zeros(2, 5)
+    soft[:, -1] = -2.0  # a soft bias, not a block
+    assert torch.allclose(ref(q, q, q, key_padding_mask=soft)[0],
+                          ours(q, q, q, key_padding_mask=soft)[0], atol=TOL)  # fmt: skip
+
+
+def test_a_mask_built_inside_forward_still_quantizes() -> None:
+    from dlforge.compress.quantize import ptq
+
+    class Causal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = nn.Transformer.generate_square_subsequent_mask(x.size(1))
+            return self.head(self.enc(x, mask=mask).mean(1))
+
+    torch.manual_seed(0)
+    model = Causal().eval()
+    x = torch.randn(16, 5, 8)
+    plan = ptq(model, [x])  # tracing sees combine_masks as one call
+    assert torch.allclose(plan.model(x), model(x), atol=0.05)

@@ -236,3 +236,24 @@ def test_refusals_name_the_layer_before_any_training() -> None:
     assert torch.allclose(plan.model(x), model(x), atol=0.05)
     # count_macs still works on such a model
     assert count_macs(model, x) > 0
+
+
+def test_deep_compression_leaves_an_unsupported_module_dense_with_skip_unsupported() -> None:
+    class Biased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.attn(x, x, x)[0].mean(1))
+
+    x, y = torch.randn(32, 3, 8), torch.randint(0, 2, (32,))
+    cfg = DeepCompressionConfig(sparsity=0.5, finetune=FineTune(epochs=1),
+                                codebook=FineTune(epochs=0), skip_unsupported=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        dc = deep_compression(Biased(), DataLoader(TensorDataset(x, y), 16), None,
+                              Path(tmp) / "m.dc", cfg)  # fmt: skip
+    assert "add_bias_kv" in dc.dense["attn"]
+    assert [row["layer"] for row in dc.account["layers"]] == ["head"]  # attn.out_proj stays dense
+    assert dc.model(x).shape == (32, 2)

@@ -43,10 +43,12 @@ from dlforge.compress import huffman
 from dlforge.compress.config import DeepCompressionConfig
 from dlforge.compress.prune import GradualPruner, make_permanent, sparsity
 from dlforge.compress.quantize.codebook import (
+    SHAREABLE,
     CodebookConfig,
     SharedTensor,
     SharedWeightLayer,
     bake,
+    recurrent_matrices,
     share_weights,
     shared_tensors,
 )
@@ -604,7 +606,14 @@ def deep_compression(
     achieved = sparsity(work)["global"]
     if cfg.fold_bn:  # after pruning (BN helps fine-tuning), before sharing (zeros stay zeros)
         work = fold_batch_norm(work)[0]
-    share_weights(work, CodebookConfig(bits=cfg.weight_bits, keep_zeros=True))
+    # A module left as it is (skip_unsupported) may read its layers' weights itself: those
+    # layers keep plain (pruned) weights, stored dense.
+    shareable = [*(n for n, m in work.named_modules() if isinstance(m, SHAREABLE)),
+                 *recurrent_matrices(work)]  # fmt: skip
+    inside_left = tuple(f"{name}." for name in left)
+    share_weights(work, CodebookConfig(bits=cfg.weight_bits, keep_zeros=True,
+                                       layers=[n for n in shareable
+                                               if not n.startswith(inside_left)]))  # fmt: skip
     if cfg.codebook.epochs > 0:
         Trainer(work, cfg.codebook.train_config()).fit(train_loader, val_loader)
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]

@@ -185,7 +185,12 @@ def factorize(
         if unknown:
             raise ValueError(f"lowrank: no linear/conv layer named {unknown}")
         candidates = {n: candidates[n] for n in cfg.layers}
-    candidates = {n: m for n, m in candidates.items() if n not in result.left}
+    inside_left = tuple(f"{name}." for name in result.left)  # a kept module reads its layers
+    candidates = {
+        n: m
+        for n, m in candidates.items()
+        if n not in result.left and not n.startswith(inside_left)
+    }
     for name, layer in candidates.items():
         if isinstance(layer, nn.Linear):
             rank = _linear_rank(layer, cfg)

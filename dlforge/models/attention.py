@@ -34,9 +34,16 @@ def combine_masks(
     k_len: int,
     dtype: torch.dtype,
     device: torch.device,
+    heads: int | None = None,
 ) -> torch.Tensor | None:
     """One additive float mask (0 where allowed, -inf where not), broadcastable to the scores
-    ``(batch, heads, q_len, k_len)``; None when nothing is masked."""
+    ``(batch, heads, q_len, k_len)``; None when nothing is masked. Boolean masks block where
+    True; float masks are added as they are (as ``nn.MultiheadAttention`` does). A 3-D
+    ``attn_mask`` is per head, ``(batch * heads, q_len, k_len)``, and needs ``heads``.
+
+    Registered with ``torch.fx.wrap``: a traced model records it as one call, so masks built
+    inside a model's forward (whose dtype and rank tracing cannot know) still trace.
+    """
     mask: torch.Tensor | None = None
 
     def add(m: torch.Tensor) -> None:
@@ -44,17 +51,25 @@ def combine_masks(
         mask = m if mask is None else mask + m
 
     if attn_mask is not None:
+        if attn_mask.dim() == 3 and heads is not None:
+            attn_mask = attn_mask.reshape(-1, heads, *attn_mask.shape[1:])
         if attn_mask.dtype == torch.bool:
             add(torch.zeros_like(attn_mask, dtype=dtype).masked_fill(attn_mask, -math.inf))
         else:
             add(attn_mask.to(dtype))
     if key_padding_mask is not None:
-        pad = key_padding_mask.to(torch.bool)[:, None, None, :]
-        add(torch.zeros_like(pad, dtype=dtype).masked_fill(pad, -math.inf))
+        if key_padding_mask.dtype == torch.bool:
+            pad = key_padding_mask[:, None, None, :]
+            add(torch.zeros_like(pad, dtype=dtype).masked_fill(pad, -math.inf))
+        else:
+            add(key_padding_mask.to(dtype)[:, None, None, :])
     if is_causal:
         future = torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu(1)
         add(torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(future, -math.inf))
     return mask
+
+
+torch.fx.wrap("combine_masks")
 
 
 def attention(
@@ -221,12 +236,10 @@ class MultiHeadAttention(nn.Module):
             self._heads(self.k_proj(key)),
             self._heads(self.v_proj(value)),
         )
-        if attn_mask is not None and attn_mask.dim() == 3:  # per head: (batch * heads, L, S)
-            attn_mask = attn_mask.reshape(q.shape[0], self.num_heads, *attn_mask.shape[1:])
         mask = None
         if attn_mask is not None or key_padding_mask is not None:  # causality joins the mask
             mask = combine_masks(attn_mask, key_padding_mask, is_causal, query.shape[1],
-                                 key.shape[1], q.dtype, q.device)  # fmt: skip
+                                 key.shape[1], q.dtype, q.device, self.num_heads)  # fmt: skip
         p = self.dropout if self.training else 0.0
         causal = is_causal and mask is None
         wanted = need or self.keep_weights

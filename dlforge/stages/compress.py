@@ -193,7 +193,8 @@ def _structured(job: Job) -> None:
     cfg = job.cfg.structured
     x, y = job.data.train
     bs = cfg.finetune.batch_size
-    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, bs * cfg.importance_batches, bs)]
+    end = min(len(x), bs * cfg.importance_batches)  # a small training split gives fewer
+    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, end, bs)]
     plan = cfg.plan(job.cfg.skip_unsupported)
     surgery = prune_channels(plain_copy(job.teacher), job.example, plan, data=batches)
     if surgery.macs_removed <= 0:
@@ -303,7 +304,8 @@ def check_techniques(job: Job) -> dict[str, dict[str, str]]:
     uncalled = uncalled_layers(work, job.example, (nn.Linear, nn.Conv1d, nn.Conv2d))
     found: dict[str, dict[str, str]] = {}
     for technique in job.cfg.techniques:
-        problems = {} if technique == "prune" else dict(left)
+        # pruning masks any tensor; a distilled student is built afresh, not rewritten
+        problems = {} if technique in ("prune", "distill") else dict(left)
         if technique in ("structured", "lowrank", "deep_compression"):
             problems |= uncalled
         if technique == "distill":

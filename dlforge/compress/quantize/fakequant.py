@@ -364,6 +364,7 @@ def calibrate(
     model = plan.model.eval()
     for q in act_quantizers(model):
         q.mode = "observe"
+        q.unquantizable = False  # decided afresh by this calibration
     seen = 0
     for batch in batches:
         if seen >= plan.config.calibration_batches:
