@@ -250,7 +250,6 @@ def pruning_section(keep: dict[str, Any]) -> dict[str, Any]:
     from dlforge.compress.structured import (
         ChannelPrune,
         count_macs,
-        head_importance,
         prune_channels,
     )
 
@@ -260,7 +259,6 @@ def pruning_section(keep: dict[str, Any]) -> dict[str, Any]:
     batches = [
         (data.train[0][i : i + 256], data.train[1][i : i + 256]) for i in range(0, 2048, 256)
     ]
-    assert head_importance  # the importance the surgery ranks heads by (Michel et al., 2019)
     surgery = prune_channels(model, x[:1], ChannelPrune(amount=0.5, heads=0.5), data=batches)
     pruned = surgery.model
     ft = FineTune(epochs=15, lr=5e-4)

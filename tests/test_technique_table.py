@@ -209,16 +209,19 @@ def test_distillation_into_a_smaller_student(name: str) -> None:
         assert student(data(name)[0]).shape == (128, 4)
 
 
+class Biased(nn.Module):
+    """torch attention with learned key/value biases: no technique can rewrite it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x)[0].mean(1))
+
+
 def test_refusals_name_the_layer_before_any_training() -> None:
-    class Biased(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.attn(x, x, x)[0].mean(1))
-
     model = Biased().eval()
     x = torch.randn(4, 3, 8)
     for run in (
@@ -239,15 +242,6 @@ def test_refusals_name_the_layer_before_any_training() -> None:
 
 
 def test_deep_compression_leaves_an_unsupported_module_dense_with_skip_unsupported() -> None:
-    class Biased(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.attn(x, x, x)[0].mean(1))
-
     x, y = torch.randn(32, 3, 8), torch.randint(0, 2, (32,))
     cfg = DeepCompressionConfig(sparsity=0.5, finetune=FineTune(epochs=1),
                                 codebook=FineTune(epochs=0), skip_unsupported=True)  # fmt: skip

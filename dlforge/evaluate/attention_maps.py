@@ -41,11 +41,8 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
         if m in keepers and m.last_weights is not None:
             maps[name] = m.last_weights.cpu()
             m.last_weights = None
-    return dict(sorted(maps.items(), key=lambda kv: _order(model, kv[0])))
-
-
-def _order(model: nn.Module, name: str) -> int:
-    return [n for n, _ in model.named_modules()].index(name)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return dict(sorted(maps.items(), key=lambda kv: order[kv[0]]))
 
 
 def _keep_weights(maps: dict[str, torch.Tensor], name: str) -> Any:
