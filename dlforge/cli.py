@@ -1,5 +1,5 @@
 """The ``dlforge`` command: ``run`` (every stage a recipe enables), ``train``, ``cv``,
-``evaluate``, ``quantize``, ``compress``, ``bench``, ``report``, ``models``.
+``evaluate``, ``quantize``, ``compress``, ``bench``, ``serve``, ``report``, ``models``.
 
 Each command ends with a short summary on stdout (each stage's own ``summary``) and the paths it
 wrote; logs go to stderr. Only the error base class is imported at the top, so ``--help`` does
@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     _set_option(p, "harness settings, e.g. --set bench.threads=1")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
 
+    p = sub.add_parser(
+        "serve", help="an HTTP server (Open Inference Protocol + /v1) for a run's exported model"
+    )
+    p.add_argument("target", help="a run folder (its deploy/), or an ONNX file")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000; 0: any free)")
+    p.add_argument("--workers", type=int, default=None, help="server processes on the one port")
+    p.add_argument("--backend", default=None, choices=["ort", "openvino"], help="engine")
+    p.add_argument(
+        "--precision", default=None, help="int8 or fp32 (openvino also bf16, auto); default int8"
+    )
+    p.add_argument("--name", default=None, help="the model's name in /v2/models/NAME")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs time)")
+    _set_option(p, "serve settings, e.g. --set serve.max_wait_ms=2 (see the recipe's serve:)")
+
     p = sub.add_parser("report", help="re-render a run folder's report.html from metrics.json")
     p.add_argument("run_dir")
 
@@ -195,6 +210,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _wrote([write_report(args.run_dir)])
         return 0
+    if args.command == "serve":
+        return _serve(args)
     from dlforge import pipeline
 
     if args.command == "run":
@@ -266,6 +283,46 @@ def _dispatch(args: argparse.Namespace) -> int:
         _wrote([args.out])
         return 0
     raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve a run folder (its recipe's serve: section are the defaults) or an ONNX file."""
+    from pathlib import Path
+
+    from dlforge.config import to_dict
+    from dlforge.deploy.config import ServeConfig
+    from dlforge.deploy.serve import ServeSpec, resolve_target, run_server
+    from dlforge.recipe import recipe_from_dict
+
+    recipe_file = Path(args.target) / "recipe.yaml"
+    overrides = list(args.overrides)
+    for flag in ("host", "port", "workers", "backend", "precision"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"serve.{flag}={value}")
+    section: dict[str, Any] = {}
+    if recipe_file.is_file():  # only its serve: section: an older run's other keys may be gone
+        import yaml
+
+        loaded = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+        if isinstance(loaded, dict) and isinstance(loaded.get("serve"), dict):
+            section = loaded["serve"]
+    cfg: ServeConfig = recipe_from_dict({"serve": section}, overrides).serve
+    SERVE_KEYS = set(ServeConfig.__dataclass_fields__)
+    onnx_path, preprocessing, name = resolve_target(args.target, cfg.precision)
+    spec = ServeSpec(
+        str(onnx_path),
+        preprocessing,
+        {k: v for k, v in to_dict(cfg).items() if k in SERVE_KEYS},
+        args.name or name,
+    )
+    print(
+        f"serving {onnx_path} as '{spec.model_name}' ({cfg.backend}, {cfg.precision}) on "
+        f"http://{cfg.host}:{cfg.port} with {cfg.workers} worker(s); Ctrl-C stops it",
+        file=sys.stderr,
+    )
+    run_server(spec, access_log=args.access_log)
+    return 0
 
 
 def _with(recipe: Any, override: str) -> Any:

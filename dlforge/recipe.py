@@ -21,6 +21,7 @@ from dlforge.models.config import SEARCH_DIRS, ModelConfig
 from dlforge.stages.bench import BenchStageConfig
 from dlforge.stages.compress import CompressConfig
 from dlforge.stages.quantize import QuantizeStageConfig
+from dlforge.stages.serve import ServeStageConfig
 from dlforge.train.config import TrainConfig
 
 
@@ -43,6 +44,7 @@ class Recipe(Config):
     compress: CompressConfig = field(default_factory=CompressConfig)
     quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
     bench: BenchStageConfig = field(default_factory=BenchStageConfig)
+    serve: ServeStageConfig = field(default_factory=ServeStageConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> None:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dlforge.compress.quantize.fakequant import QuantConfig, act_quantizers, calibrate, prepare, ptq
+from dlforge.deploy.backends import OrtModel
 from dlforge.deploy.export import export_onnx
-from dlforge.deploy.runtime import OrtModel
 from dlforge.models import create_model
 from dlforge.train import OptimizerConfig, TrainConfig, Trainer
 

@@ -110,7 +110,7 @@ def test_resnet_option_a_residual_pruning_is_exact(tmp_path) -> None:
     torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-4)
     assert params(small) < 0.3 * params(model)
     # and the rewired shortcut exports: ONNX Runtime agrees with PyTorch
-    from dlforge.deploy.runtime import OrtModel
+    from dlforge.deploy.backends import OrtModel
 
     path = export_onnx(small, x[:1], tmp_path / "resnet_small.onnx")
     ort = OrtModel(path, threads=1)
@@ -558,7 +558,7 @@ def test_stacked_lstm_loses_dead_units_of_every_layer_exactly(tmp_path) -> None:
     assert rnn.weight_ih_l0.shape == (4 * 56, 1) and rnn.bias_hh_l1.shape == (4 * 56,)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
     assert result.macs_removed > 0.2
-    from dlforge.deploy.runtime import OrtModel  # the smaller LSTM exports and runs the same
+    from dlforge.deploy.backends import OrtModel  # the smaller LSTM exports and runs the same
 
     ort = OrtModel(export_onnx(result.model, x[:1], tmp_path / "lstm.onnx"), threads=1)
     np.testing.assert_allclose(ort(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)

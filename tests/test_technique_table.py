@@ -28,8 +28,9 @@ from dlforge.compress.prune import GradualPruner, MagnitudePrune, magnitude_prun
 from dlforge.compress.quantize import QuantConfig, ptq
 from dlforge.compress.quantize.fakequant import qat
 from dlforge.compress.structured import ChannelPrune, count_macs, prune_channels
+from dlforge.deploy.backends import OrtModel
 from dlforge.deploy.export import export_onnx
-from dlforge.deploy.runtime import OrtModel, kernels
+from dlforge.deploy.runtime import kernels
 from dlforge.models import create_model
 from dlforge.models.convert import UnsupportedLayerError
 from dlforge.train import OptimizerConfig, TrainConfig, Trainer

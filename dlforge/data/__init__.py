@@ -9,7 +9,8 @@ if TYPE_CHECKING:
     from dlforge.data.config import AugmentConfig, DataConfig, SyntheticConfig
     from dlforge.data.dataset import DataBundle, DataError, RawData, check_features, encode_labels
     from dlforge.data.load import load_data, normalize_splits, read_source, split_data
-    from dlforge.data.splits import apply_normalizer, fit_normalizer, stratified_split
+    from dlforge.data.normalize import apply_normalizer
+    from dlforge.data.splits import fit_normalizer, stratified_split
 
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
@@ -18,6 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "config": ["AugmentConfig", "DataConfig", "SyntheticConfig"],
         "dataset": ["DataBundle", "DataError", "RawData", "check_features", "encode_labels"],
         "load": ["load_data", "normalize_splits", "read_source", "split_data"],
-        "splits": ["apply_normalizer", "fit_normalizer", "stratified_split"],
+        "normalize": ["apply_normalizer"],
+        "splits": ["fit_normalizer", "stratified_split"],
     },
 )

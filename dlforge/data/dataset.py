@@ -10,11 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset, default_collate
 
-from dlforge.config import DlforgeError
-
-
-class DataError(DlforgeError, ValueError):
-    """Bad input data; the message names the file, key, column, row or shape at fault."""
+from dlforge.data.normalize import DataError
 
 
 @dataclass

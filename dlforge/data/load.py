@@ -16,7 +16,8 @@ import torch
 from dlforge.data import builtin, files
 from dlforge.data.config import DataConfig
 from dlforge.data.dataset import DataBundle, DataError, RawData, check_features
-from dlforge.data.splits import apply_normalizer, fit_normalizer, stratified_split
+from dlforge.data.normalize import apply_normalizer
+from dlforge.data.splits import fit_normalizer, stratified_split
 
 Arrays = tuple[np.ndarray, np.ndarray]
 

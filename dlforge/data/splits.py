@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from dlforge.data.dataset import DataError
+from dlforge.data.normalize import DataError
 
 
 def stratified_split(
@@ -34,14 +34,3 @@ def fit_normalizer(x: np.ndarray) -> dict[str, Any]:
     std = x.std(axis=axes, dtype=np.float64)
     std = np.where(std < 1e-8, 1.0, std)  # constant channels: leave their scale alone
     return {"mean": mean.tolist(), "std": std.tolist()}
-
-
-def apply_normalizer(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean = np.asarray(stats["mean"], dtype=np.float32).reshape(shape)
-    std = np.asarray(stats["std"], dtype=np.float32).reshape(shape)
-    if mean.size != x.shape[1]:
-        raise DataError(
-            f"normaliser has {mean.size} channels but the data has {x.shape[1]} (shape {x.shape})"
-        )
-    return ((x - mean) / std).astype(np.float32)

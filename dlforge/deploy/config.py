@@ -24,3 +24,50 @@ class BenchConfig(Config):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
         check(self.min_round_s >= 0, "min_round_s", self.min_round_s, "must be >= 0")
+
+
+@dataclass
+class ServeConfig(Config):
+    """``dlforge serve``: where it listens, how it batches, and what it refuses.
+
+    Requests wait at most ``max_wait_ms`` to be joined into one batch of at most
+    ``max_batch_size`` rows (1 serves every request on its own). At most ``max_queue`` requests
+    wait; beyond that the server answers 503 with Retry-After. ``max_inflight_per_client``
+    (by the X-Client-ID header, else the peer address) answers 429 beyond it; 0 is no limit.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1  # server processes on the one port
+    backend: str = "ort"  # ort or openvino
+    precision: str = "int8"  # int8 or fp32 (the exported files); openvino also bf16 or auto
+    threads: int | None = None  # the engine's threads per worker (default: cores / workers)
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_inflight_per_client: int = 0
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_rows: int = 4096  # samples in one request
+    retry_after_s: int = 1
+    max_jobs: int = 1024  # asynchronous jobs waiting or running, per worker
+    job_ttl_s: float = 3600.0  # finished jobs' results are kept this long
+    graceful_timeout_s: float = 30.0  # shutdown waits this long for requests in flight
+
+    def validate(self) -> None:
+        from dlforge.deploy.backends import BACKENDS, PRECISIONS
+
+        check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {BACKENDS}")
+        choices = PRECISIONS.get(self.backend, ())
+        check(self.precision in choices, "precision", self.precision,
+              f"must be one of {choices} for backend {self.backend}")  # fmt: skip
+        check(0 <= self.port <= 65535, "port", self.port, "must be in 0..65535")
+        for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_rows",
+                    "max_jobs", "retry_after_s"):  # fmt: skip
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
+        check(self.max_wait_ms >= 0, "max_wait_ms", self.max_wait_ms, "must be >= 0")
+        check(self.max_inflight_per_client >= 0, "max_inflight_per_client",
+              self.max_inflight_per_client, "must be >= 0 (0: no limit)")  # fmt: skip
+        check(self.job_ttl_s > 0, "job_ttl_s", self.job_ttl_s, "must be > 0")
+        check(self.graceful_timeout_s >= 0, "graceful_timeout_s", self.graceful_timeout_s,
+              "must be >= 0")  # fmt: skip

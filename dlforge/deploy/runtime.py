@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dlforge.config import DlforgeError
 
 
@@ -39,29 +37,6 @@ def open_session(path: str | Path, options: Any = None) -> Any:
     except Exception as exc:  # a graph the checker accepts but ORT cannot run
         reason = " ".join(str(exc).split())[:200]
         raise ModelFileError(f"ONNX Runtime cannot load {p} ({reason})") from None
-
-
-class OrtModel:
-    """An ONNX Runtime CPU session; ``threads`` sets its intra-op thread pool."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.path = Path(path)
-        self.session = open_session(path, options)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(out[0])
-
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 INT8_KERNELS = {"MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "QAttention",

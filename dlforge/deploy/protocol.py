@@ -1,0 +1,221 @@
+"""Request bodies to arrays and results to response bodies, for the server's two APIs.
+
+- The Open Inference Protocol (KServe v2, as Triton speaks it): typed tensors in JSON, or the
+  binary tensor extension (a JSON header of ``Inference-Header-Content-Length`` bytes followed
+  by the raw tensors), so existing clients (``tritonclient``, KServe's) work unchanged.
+- dlforge's convenience API (``/v1/predict``): ``{"inputs": [[...]]}`` as JSON, a ``.npy`` body,
+  or PNG/JPEG images run through the model's stored preprocessing.
+
+Everything here raises ``InputError`` with a message naming what was expected; nothing here
+evaluates or unpickles what a client sent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from dlforge.deploy.session import InputError, Session, softmax
+
+# Open Inference Protocol datatypes (BYTES, strings, is refused: models here take numbers).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(bool),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+OUTPUTS = ("logits", "probabilities")
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the body is not valid JSON ({exc})") from None
+
+
+def as_array(value: Any, what: str, dtype: np.dtype[Any] | None = None) -> np.ndarray:
+    """A nested list of numbers as an array; ragged lists, strings and objects are refused."""
+    if not isinstance(value, list):
+        raise InputError(f"{what} must be a (nested) list of numbers, not {type(value).__name__}")
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        reason = "lists of different lengths" if "inhomogeneous" in str(exc) else str(exc)
+        raise InputError(f"{what} is not an array of numbers ({reason})") from None
+    if arr.dtype.kind not in "fiub":
+        raise InputError(f"{what} is not an array of numbers (it holds {arr.dtype} values)")
+    return arr
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A ``.npy`` body, loaded without unpickling (object arrays are refused)."""
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"the body is not a readable .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise InputError("the .npy body must hold one numeric array")
+    return arr
+
+
+# ---- dlforge's /v1/predict -------------------------------------------------------------------
+
+
+def v1_inputs(payload: Any) -> np.ndarray:
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise InputError('the JSON body must be an object with an "inputs" array')
+    return as_array(payload["inputs"], '"inputs"')
+
+
+def v1_response(session: Session, logits: np.ndarray) -> dict[str, Any]:
+    proba = softmax(logits)
+    ids = proba.argmax(axis=1)
+    return {
+        "classes": session.labels(ids),
+        "indices": ids.tolist(),
+        "probabilities": np.round(proba, 6).tolist(),
+        "class_names": session.class_names,
+    }
+
+
+# ---- the Open Inference Protocol (v2) --------------------------------------------------------
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """The JSON part of a v2 request and the binary tensors after it (empty without them)."""
+    if header_length is None:
+        return parse_json(body), b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise InputError(
+            f"Inference-Header-Content-Length '{header_length}' is not a number"
+        ) from None
+    if not 0 < n <= len(body):
+        raise InputError(
+            f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes"
+        )
+    return parse_json(body[:n]), body[n:]
+
+
+def v2_input(payload: Any, binary: bytes, session: Session, input_name: str) -> np.ndarray:
+    """The one input tensor of an inference request, checked against its declared shape."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise InputError('the request must be a JSON object with an "inputs" list')
+    inputs = payload["inputs"]
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InputError(f'the model takes one input tensor, "{input_name}"; got {len(inputs)}')
+    spec = inputs[0]
+    name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
+    if name != input_name:
+        raise InputError(f'input "{name}" is unknown; the model\'s input is "{input_name}"')
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputError(f'input "{name}": "shape" must be a list of non-negative integers')
+    if datatype not in DATATYPES:
+        raise InputError(
+            f'input "{name}": datatype {datatype!r} is not one of {", ".join(DATATYPES)}'
+        )
+    dtype = DATATYPES[datatype]
+    count = int(np.prod(shape)) if shape else 1
+    params = spec.get("parameters") or {}
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size != len(binary):
+            raise InputError(
+                f'input "{name}": binary_data_size {size!r} but {len(binary)} bytes follow'
+            )
+        if size != count * dtype.itemsize:
+            raise InputError(
+                f'input "{name}": {size} bytes of {datatype} do not make shape {shape}'
+            )
+        arr = np.frombuffer(binary, dtype=dtype)
+    else:
+        if "data" not in spec:
+            raise InputError(f'input "{name}" has neither "data" nor binary data')
+        arr = as_array(spec["data"], f'input "{name}" data', dtype).ravel()
+        if arr.size != count:
+            raise InputError(f'input "{name}": {arr.size} values do not make shape {shape}')
+    x = arr.reshape(shape)
+    expected = session.input_shape
+    if expected and tuple(x.shape[1:]) != expected:
+        raise InputError(
+            f'input "{name}" of shape {list(x.shape)}; the model expects [N, '
+            f"{', '.join(map(str, expected))}]"
+        )
+    return x
+
+
+def v2_outputs(payload: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The requested outputs and whether each goes back as binary data."""
+    default_binary = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    requested = payload.get("outputs")
+    if requested is None:
+        return [(name, default_binary) for name in OUTPUTS]
+    if not isinstance(requested, list):
+        raise InputError('"outputs" must be a list')
+    out = []
+    for spec in requested:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in OUTPUTS:
+            raise InputError(f"output {name!r} is unknown; the outputs are {', '.join(OUTPUTS)}")
+        binary = (spec.get("parameters") or {}).get("binary_data", default_binary)
+        out.append((name, bool(binary)))
+    return out
+
+
+def v2_response(
+    model_name: str, payload: dict[str, Any], logits: np.ndarray
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or JSON then binary tensors."""
+    tensors = {
+        "logits": logits.astype(np.float32),
+        "probabilities": softmax(logits).astype(np.float32),
+    }
+    header: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": []}
+    if isinstance(payload.get("id"), str):
+        header["id"] = payload["id"]
+    blobs = []
+    for name, binary in v2_outputs(payload):
+        t = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
+        if binary:
+            blob = np.ascontiguousarray(t).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = t.ravel().tolist()
+        header["outputs"].append(entry)
+    head = json.dumps(header).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
+
+
+def v2_metadata(model_name: str, session: Session, platform: str) -> dict[str, Any]:
+    classes = len(session.class_names) or -1
+    return {
+        "name": model_name,
+        "versions": ["1"],
+        "platform": platform,
+        "inputs": [
+            {"name": session.model.input_name, "datatype": "FP32",
+             "shape": [-1, *session.input_shape]}
+        ],
+        "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, classes]} for n in OUTPUTS],
+    }  # fmt: skip

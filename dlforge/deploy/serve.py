@@ -1,0 +1,508 @@
+"""The inference server: FastAPI on uvicorn, started by ``dlforge serve``.
+
+Routes (``docs/serving.md`` has examples):
+
+- Open Inference Protocol (KServe v2, as Triton, KServe and Seldon serve it):
+  ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
+  ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (JSON or binary tensors).
+- dlforge's own: ``POST /v1/predict`` (JSON ``{"inputs": ...}``, a ``.npy`` body, or PNG/JPEG
+  images), ``GET /v1/model``, ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (asynchronous),
+  ``GET /healthz``, ``GET /metrics`` (Prometheus).
+
+Inputs are raw, as the data source yields them: the server applies the stored normalisation.
+Concurrent requests are joined by the ``DynamicBatcher``. Load is refused early and politely:
+503 with Retry-After when the queue is full, 429 beyond a client's in-flight limit, 413 for a
+body over the size limit, 422 naming what was expected for input that does not fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dlforge.config import DlforgeError
+from dlforge.data.normalize import apply_normalizer
+from dlforge.deploy import protocol
+from dlforge.deploy.batching import BatcherClosed, DynamicBatcher, QueueFull
+from dlforge.deploy.config import ServeConfig
+from dlforge.deploy.jobs import JobStore, TooManyJobs
+from dlforge.deploy.metrics import ServerMetrics
+from dlforge.deploy.session import PREPROCESSING_FILE, InputError, Session
+
+log = logging.getLogger(__name__)
+SPEC_ENV = "DLFORGE_SERVE_SPEC"  # how `--workers N` hands each worker what to serve
+PLATFORMS = {"ort": "onnxruntime_onnx", "openvino": "openvino_onnx"}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Overloaded(Exception):
+    """Refused for load (503, or 429 per client); ``retry`` False when shutting down."""
+
+    def __init__(self, status: int, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.status, self.retry = status, retry
+
+
+class UnknownModel(Exception):
+    pass
+
+
+@dataclass
+class ServeSpec:
+    """What one server process serves: the ONNX file, its preprocessing, the settings."""
+
+    onnx_path: str
+    preprocessing: dict[str, Any]
+    config: dict[str, Any]
+    model_name: str = "model"
+    jobs_dir: str | None = None
+
+    @property
+    def serve_config(self) -> ServeConfig:
+        from dlforge.config import from_dict
+
+        return from_dict(ServeConfig, self.config)
+
+
+def resolve_target(target: str | Path, precision: str) -> tuple[Path, dict[str, Any], str]:
+    """A run folder (its ``deploy/``), a deploy folder, or an ONNX file with its
+    ``preprocessing.json`` beside it: the file to serve, its preprocessing, a model name."""
+    from dlforge.deploy.backends import file_for
+
+    p = Path(target)
+    if p.is_dir():
+        deploy = p / "deploy" if (p / "deploy").is_dir() else p
+        onnx_path = deploy / file_for(precision)
+        name = (p if deploy != p else p.parent).name
+    else:
+        onnx_path, deploy, name = p, p.parent, p.stem
+    if not onnx_path.is_file():
+        raise FileNotFoundError(
+            f"{onnx_path} not found: serve a run folder after its quantize stage, "
+            "or an ONNX file (dlforge quantize writes both)"
+        )
+    pre = deploy / PREPROCESSING_FILE
+    preprocessing: dict[str, Any] = {}
+    if pre.is_file():
+        try:
+            preprocessing = json.loads(pre.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{pre} is not valid JSON ({exc})") from None
+    else:
+        log.warning("%s not found: inputs are passed to the model as they come", pre)
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+    return onnx_path, preprocessing, safe
+
+
+# ---- ASGI middleware: body limit and request metrics -----------------------------------------
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes: at once when Content-Length says so, else as soon as
+    the bytes read pass it (a chunked upload never lands in memory whole)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _drain(receive, 16 * self.limit)  # so that the client reads the answer
+            await _send_json(send, 413, {"error": self._message(int(length))})
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(self._message(seen))
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self, size: int) -> str:
+        return f"a body of {size} bytes or more; the limit is {self.limit} (max_body_bytes)"
+
+
+async def _drain(receive: Receive, cap: int) -> None:
+    """Read and drop a request body (up to ``cap`` bytes): a client still sending when the
+    server answers sees a broken pipe instead of the answer."""
+    seen = 0
+    while seen <= cap:
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class RequestMetrics:
+    """Counts every response by route template and status, and times it."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"  # templates: bounded labels
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+
+# ---- the app -----------------------------------------------------------------------------------
+
+
+class Server:
+    """What the routes share: the session, the batcher, limits, metrics and jobs."""
+
+    def __init__(self, spec: ServeSpec) -> None:
+        self.spec = spec
+        self.cfg = spec.serve_config
+        threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // self.cfg.workers)
+        self.session = Session(
+            spec.onnx_path, spec.preprocessing, threads, self.cfg.backend, self.cfg.precision
+        )
+        self.model_name = spec.model_name
+        self.metrics = ServerMetrics()
+        self.batcher = DynamicBatcher(
+            self.session.model,
+            self.cfg.max_batch_size,
+            self.cfg.max_wait_ms,
+            self.cfg.max_queue,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.inflight: Tally[str] = Tally()
+        self.jobs: JobStore | None = None
+        self._own_jobs_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        self.batcher.start()
+        folder = self.spec.jobs_dir
+        if folder is None:
+            self._own_jobs_dir = tempfile.TemporaryDirectory(prefix="dlforge-jobs-")
+            folder = self._own_jobs_dir.name
+        self.jobs = JobStore(folder, self.cfg.job_ttl_s, self.cfg.max_jobs)
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Uvicorn has finished the requests in flight; finish queued work and jobs."""
+        self.ready = False
+        if self.jobs is not None:
+            await self.jobs.drain(self.cfg.graceful_timeout_s)
+        await self.batcher.close()
+        if self._own_jobs_dir is not None:
+            self._own_jobs_dir.cleanup()
+
+    async def logits(self, x: np.ndarray) -> np.ndarray:
+        """Check, normalise and batch ``x`` (raw inputs); refuse when overloaded."""
+        x = self.session.check_inputs(x)
+        if len(x) > self.cfg.max_rows:
+            raise BodyTooLarge(
+                f"{len(x)} samples in one request; at most {self.cfg.max_rows} (max_rows)"
+            )
+        stats = self.session.preprocessing.get("normalize")
+        if stats:
+            x = apply_normalizer(x, stats)
+        self.metrics.queue_depth.inc()
+        try:
+            return await self.batcher.submit(np.ascontiguousarray(x, dtype=np.float32))
+        except QueueFull as exc:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise Overloaded(503, f"the server is busy: {exc}; retry later") from None
+        except BatcherClosed as exc:
+            raise Overloaded(503, str(exc), retry=False) from None
+        finally:
+            self.metrics.queue_depth.dec()
+
+    @contextlib.contextmanager
+    def client_slot(self, key: str) -> Any:
+        """Count a client's requests in flight; 429 beyond ``max_inflight_per_client``."""
+        limit = self.cfg.max_inflight_per_client
+        if limit and self.inflight[key] >= limit:
+            self.metrics.rejected.labels("per_client").inc()
+            raise Overloaded(429, f"client '{key}' has {limit} requests in flight (the limit)")
+        self.inflight[key] += 1
+        try:
+            yield
+        finally:
+            self.inflight[key] -= 1
+            if self.inflight[key] <= 0:
+                del self.inflight[key]  # no entry left behind per client: no slow leak
+
+    async def job_logits(self, x: np.ndarray) -> np.ndarray:
+        """Like ``logits``, but a job waits for room in the queue instead of being refused."""
+        while True:
+            try:
+                return await self.logits(x)
+            except Overloaded as exc:
+                if not exc.retry:
+                    raise
+                await asyncio.sleep(self.cfg.retry_after_s / 10)
+
+    def model_info(self) -> dict[str, Any]:
+        model = self.session.model
+        return {
+            "name": self.model_name,
+            "input_shape": list(self.session.input_shape),
+            "input_name": model.input_name,
+            "classes": self.session.class_names,
+            "backend": model.backend,
+            "precision": model.precision,
+            "file": Path(model.path).name,
+            "image_input": self.session.image_mode is not None,
+            "batching": {"max_batch_size": self.cfg.max_batch_size,
+                         "max_wait_ms": self.cfg.max_wait_ms, "max_queue": self.cfg.max_queue},
+        }  # fmt: skip
+
+
+def create_app(spec: ServeSpec) -> Any:
+    """The FastAPI app serving ``spec`` (wrapped in the body-limit and metrics middleware)."""
+    server = Server(spec)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        await server.stop()
+
+    app = FastAPI(title="dlforge", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(InputError)
+    async def _bad_input(request: Request, exc: InputError) -> Any:
+        return error(422, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Any:
+        return error(413, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> Any:
+        return error(exc.status, str(exc), {"Retry-After": str(server.cfg.retry_after_s)})
+
+    @app.exception_handler(TooManyJobs)
+    async def _too_many_jobs(request: Request, exc: TooManyJobs) -> Any:
+        return error(503, str(exc), {"Retry-After": str(server.cfg.retry_after_s)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> Any:  # the model itself failed
+        log.exception("request failed")
+        return error(500, f"inference failed: {type(exc).__name__}: {exc}")
+
+    def client_key(request: Request) -> str:
+        header = request.headers.get("x-client-id")
+        return header[:64] if header else (request.client.host if request.client else "?")
+
+    def check_name(name: str) -> None:
+        if name != server.model_name:
+            raise UnknownModel(name)
+
+    @app.exception_handler(UnknownModel)
+    async def _unknown_model(request: Request, exc: UnknownModel) -> Any:
+        return error(404, f"model '{exc.args[0]}' is not served here; it is '{server.model_name}'")
+
+    # -- health and description
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return {"status": "ok" if server.ready else "starting", "queue_depth": server.batcher.depth}
+
+    @app.get("/v2/health/live")
+    async def live() -> Any:
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Any:
+        return Response(status_code=200 if server.ready else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> Any:
+        from dlforge import __version__
+
+        return {"name": "dlforge", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "1") -> Any:
+        check_name(name)
+        platform = PLATFORMS[server.session.backend]
+        return protocol.v2_metadata(server.model_name, server.session, platform)
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1") -> Any:
+        check_name(name)
+        return Response(status_code=200 if server.ready else 503)
+
+    @app.get("/v1/model")
+    async def model() -> Any:
+        return server.model_info()
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    # -- inference
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str = "1") -> Any:
+        check_name(name)
+        with server.client_slot(client_key(request)):
+            body = await request.body()
+            payload, binary = protocol.split_binary(
+                body, request.headers.get(protocol.HEADER_LENGTH)
+            )
+            x = protocol.v2_input(payload, binary, server.session, server.session.model.input_name)
+            protocol.v2_outputs(payload)  # refuse unknown outputs before running the model
+            logits = await server.logits(x)
+        content, headers = protocol.v2_response(server.model_name, payload, logits)
+        return Response(content, headers=headers)
+
+    async def read_inputs(request: Request) -> np.ndarray:
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if kind == "multipart/form-data":
+            form = await request.form(max_files=server.cfg.max_rows, max_fields=16)
+            files = [v for _, v in form.multi_items() if not isinstance(v, str)]
+            if not files:
+                raise InputError("the form holds no file: upload images (or a .npy) as files")
+            blobs = [await f.read() for f in files]
+            if len(blobs) == 1 and blobs[0][:6] == b"\x93NUMPY":
+                return protocol.read_npy(blobs[0])
+            return np.stack([server.session.decode_image(b) for b in blobs])
+        body = await request.body()
+        if kind in ("application/x-npy", "application/octet-stream"):
+            return protocol.read_npy(body)
+        if kind.startswith("image/"):
+            return server.session.decode_image(body)[None]
+        if kind in ("application/json", ""):
+            return protocol.v1_inputs(protocol.parse_json(body))
+        raise InputError(
+            f"content type '{kind}' is not accepted: send application/json, application/x-npy, "
+            "image/png, image/jpeg or multipart/form-data"
+        )
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Any:
+        with server.client_slot(client_key(request)):
+            x = await read_inputs(request)
+            logits = await server.logits(x)
+        return protocol.v1_response(server.session, logits)
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit_job(request: Request) -> Any:
+        x = server.session.check_inputs(await read_inputs(request))
+        if len(x) > server.cfg.max_rows:
+            raise BodyTooLarge(f"{len(x)} samples in one job; at most {server.cfg.max_rows}")
+
+        async def work() -> dict[str, Any]:
+            return protocol.v1_response(server.session, await server.job_logits(x))
+
+        assert server.jobs is not None
+        job_id = server.jobs.submit(work)
+        return JSONResponse(
+            {"id": job_id, "status": "pending", "url": f"/v1/jobs/{job_id}"},
+            status_code=202,
+            headers={"Location": f"/v1/jobs/{job_id}"},
+        )
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job(job_id: str) -> Any:
+        assert server.jobs is not None
+        state = server.jobs.get(job_id)
+        if state is None:
+            return error(404, f"job '{job_id}' is unknown or expired")
+        return JSONResponse(state, status_code=202 if state["status"] == "pending" else 200)
+
+    return RequestMetrics(BodyLimit(app, server.cfg.max_body_bytes), server.metrics)
+
+
+def app_from_env() -> Any:
+    """The app factory each ``--workers`` process calls (its spec comes through the env)."""
+    raw = os.environ.get(SPEC_ENV)
+    if not raw:
+        raise DlforgeError(f"{SPEC_ENV} is not set: start the server with `dlforge serve`")
+    return create_app(ServeSpec(**json.loads(raw)))
+
+
+def run_server(spec: ServeSpec, access_log: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then finish the requests in flight and stop."""
+    import uvicorn
+
+    cfg = spec.serve_config
+    common: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": cfg.graceful_timeout_s,
+        "log_level": "info",
+    }
+    with tempfile.TemporaryDirectory(prefix="dlforge-serve-") as tmp:
+        if spec.jobs_dir is None:
+            spec.jobs_dir = str(Path(tmp) / "jobs")
+        if cfg.workers == 1:
+            uvicorn.run(create_app(spec), **common)
+            return
+        metrics_dir = Path(tmp) / "metrics"
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ[SPEC_ENV] = json.dumps(asdict(spec))
+        uvicorn.run(
+            "dlforge.deploy.serve:app_from_env", factory=True, workers=cfg.workers, **common
+        )
