@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ONNX files to compare (default: the run folder's deploy/*.onnx)",
     )
+    p.add_argument(
+        "--backends", default=None, help="engines to compare, e.g. ort,openvino (default: ort)"
+    )
+    p.add_argument(
+        "--precisions", default=None, help="e.g. fp32,int8,bf16 (bf16: OpenVINO; default fp32,int8)"
+    )
     _set_option(p, "harness settings, e.g. --set bench.threads=1")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
 
@@ -274,9 +280,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         _wrote([out / "compress.json", *sorted(out.glob("*.onnx")), *sorted(out.glob("*.dc"))])
         return 0
     if args.command == "bench":
-        result = pipeline.bench_checkpoint(
-            args.checkpoint, args.onnx, args.overrides, args.trust_code
-        )
+        overrides = list(args.overrides)
+        for flag in ("backends", "precisions"):
+            value = getattr(args, flag)
+            if value is not None:
+                items = [v.strip() for v in value.split(",") if v.strip()]
+                overrides.append(f"bench.{flag}=[{','.join(items)}]")
+        result = pipeline.bench_checkpoint(args.checkpoint, args.onnx, overrides, args.trust_code)
         if args.out:
             atomic_write_json(args.out, result)
         _summaries({"bench": result})

@@ -65,6 +65,61 @@ def ort_runner(path: str | Path, threads: int) -> Runner:
     return run
 
 
+def is_quantized(path: str | Path) -> bool:
+    """True for a QDQ (int8) file: it holds DequantizeLinear nodes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+
+
+def engine_variants(files: dict[str, Path], cfg: BenchConfig) -> list[Variant]:
+    """Each exported file on each backend of ``cfg.backends`` at each precision of
+    ``cfg.precisions`` it can run at: an int8 file as it is, a float file at fp32, and on
+    OpenVINO also at bf16. The precision the engine reports goes into the row."""
+    from dlforge.deploy.backends import BACKEND_TITLES, open_model
+    from dlforge.train.precision import cpu_has_native_bf16
+
+    out = []
+    for name, path in files.items():
+        quantized = is_quantized(path)
+        for backend in cfg.backends:
+            wanted = ["int8"] if quantized else [q for q in cfg.precisions if q != "int8"]
+            if quantized and "int8" not in cfg.precisions:
+                continue
+            for precision in wanted:
+                if precision == "bf16" and backend != "openvino":
+                    continue  # ONNX Runtime's CPU provider has no bf16 kernels to speak of
+                model = open_model(path, backend, precision, cfg.threads)
+                title = BACKEND_TITLES[backend]
+                label = f"{name} ({title})" if quantized or precision == "fp32" else (
+                    f"{name} ({title} {precision})"
+                )  # fmt: skip
+                notes: dict[str, Any] = {"backend": backend, "precision": model.precision}
+                if model.precision == "bf16" and not cpu_has_native_bf16():
+                    notes["note"] = "bf16 emulated: this CPU has no native bf16"
+                out.append(Variant(label, model, file=Path(path), notes=notes))
+    return out
+
+
+def pick_fastest(
+    rows: list[dict[str, Any]], reference_accuracy: float | None, tolerance: float
+) -> dict[str, Any] | None:
+    """The row with the highest throughput among those within ``tolerance`` (absolute) of
+    ``reference_accuracy``; None when no row has an accuracy to compare."""
+    if reference_accuracy is None:
+        return None
+    tput = next(k for k in rows[0] if k.startswith("throughput_b"))
+    eligible = [r for r in rows if r.get("accuracy") is not None
+                and r["accuracy"] >= reference_accuracy - tolerance]  # fmt: skip
+    if not eligible:
+        return None
+    best = max(eligible, key=lambda r: r[tput])
+    return {"variant": best["variant"], "throughput": best[tput], "accuracy": best["accuracy"],
+            "throughput_x": best.get("throughput_x"), "tolerance": tolerance,
+            "eligible": len(eligible), "measured": len(rows)}  # fmt: skip
+
+
 def _reset_peak_rss() -> bool:
     try:  # Linux: writing 5 resets VmHWM (the peak resident set) for this process
         Path("/proc/self/clear_refs").write_text("5")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dlforge.config import Config, check
 
@@ -18,8 +18,24 @@ class BenchConfig(Config):
     throughput_batch: int = 64
     throughput_iters: int = 5  # large-batch calls per round, at least
     min_round_s: float = 0.2  # keep calling until a round lasts this long (small models)
+    # Engines for the exported files (ort, openvino) and the precisions to run them at: int8
+    # files run as they are; float files at fp32, and on OpenVINO also at bf16 if asked.
+    backends: list[str] = field(default_factory=lambda: ["ort"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
+    # "fastest": the highest throughput among variants within this much accuracy (absolute)
+    # of the eager fp32 model.
+    accuracy_tolerance: float = 0.005
 
     def validate(self) -> None:
+        from dlforge.deploy.backends import BACKENDS
+
+        for b in self.backends:
+            check(b in BACKENDS, "backends", self.backends, f"must be among {BACKENDS}")
+        for q in self.precisions:
+            check(q in ("fp32", "int8", "bf16"), "precisions", self.precisions,
+                  "must be among fp32, int8, bf16")  # fmt: skip
+        check(self.accuracy_tolerance >= 0, "accuracy_tolerance", self.accuracy_tolerance,
+              "must be >= 0")  # fmt: skip
         for key in ("threads", "rounds", "latency_iters", "throughput_batch", "throughput_iters"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")

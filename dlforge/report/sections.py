@@ -314,6 +314,13 @@ def bench_section(title: str, bench: dict[str, Any], notes: list[str]) -> list[s
         f"baseline: {html.escape(bench['baseline'])})</h2>"
     )
     parts.append(html_table(bench["rows"], BENCH_COLUMNS))
+    best = bench.get("fastest")
+    if best:
+        parts.append(
+            f"<p><b>Fastest within {best['tolerance']:.3g} accuracy of eager fp32:</b> "
+            f"{html.escape(best['variant'])}: {best['throughput']:,.0f} samples/s "
+            f"({best['throughput_x']:.2f}x eager fp32), accuracy {best['accuracy']:.4f}.</p>"
+        )
     parts.append(
         safe_figure(
             "tradeoff",

@@ -48,8 +48,8 @@ LABELS: dict[str, str] = {
 }
 # The benchmark table, in the report and the terminal: accuracy, latency, throughput and size,
 # each ratio beside the figure it compares.
-BENCH_COLUMNS = ["variant", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
-                 "throughput_b64", "throughput_x", "file_bytes", "size_x"]  # fmt: skip
+BENCH_COLUMNS = ["variant", "precision", "accuracy", "latency_p50_ms", "latency_p99_ms", "latency_calls",
+                 "throughput_b64", "throughput_x", "file_bytes", "size_x", "note"]  # fmt: skip
 # Columns that say nothing when every row has the same value (peak RSS is the process's).
 DROP_WHEN_CONSTANT = {"peak_rss_mib", "threads", "params"}
 

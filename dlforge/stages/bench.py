@@ -29,19 +29,25 @@ def bench_stage(
     import numpy as np
     import torch
 
-    from dlforge.deploy.bench import Variant, add_ratios, benchmark, ort_runner, torch_runner
+    from dlforge.deploy.bench import (
+        Variant,
+        add_ratios,
+        benchmark,
+        engine_variants,
+        pick_fastest,
+        torch_runner,
+    )
     from dlforge.train.precision import cpu_has_native_bf16
 
     model = plain_copy(model)
     x, y = data.test
     sample, labels = x.numpy().astype(np.float32), y.numpy()
-    variants = [Variant("fp32 eager (PyTorch)", torch_runner(model))]
+    eager = {"backend": "pytorch", "precision": "fp32"}
+    variants = [Variant("fp32 eager (PyTorch)", torch_runner(model), notes=eager)]
     if cpu_has_native_bf16():
-        variants.append(Variant("bf16 autocast (PyTorch)", torch_runner(model, torch.bfloat16)))
-    for name, path in onnx_files.items():
-        variants.append(
-            Variant(f"{name} (ONNX Runtime)", ort_runner(path, cfg.threads), file=Path(path))
-        )
+        variants.append(Variant("bf16 autocast (PyTorch)", torch_runner(model, torch.bfloat16),
+                                notes={**eager, "precision": "bf16"}))  # fmt: skip
+    variants += engine_variants({k: Path(v) for k, v in onnx_files.items()}, cfg)
     for v in variants:
         logits = np.concatenate([v.run(sample[i : i + 256]) for i in range(0, len(sample), 256)])
         v.accuracy = float((logits.argmax(1) == labels).mean())
@@ -49,6 +55,7 @@ def bench_stage(
     return {
         "rows": rows,
         "baseline": variants[0].name,
+        "fastest": pick_fastest(rows, variants[0].accuracy, cfg.accuracy_tolerance),
         "config": {k: v for k, v in to_dict(cfg).items() if k != "enabled"},
     }
 
@@ -68,4 +75,12 @@ class BenchStage(Stage):
     def summary(self, result: dict[str, Any]) -> list[str]:
         from dlforge.report.tables import BENCH_COLUMNS, text_table
 
-        return text_table(result["rows"], BENCH_COLUMNS)
+        lines = text_table(result["rows"], BENCH_COLUMNS)
+        best = result.get("fastest")
+        if best:
+            lines.append(
+                f"fastest within {best['tolerance']:.3g} accuracy of eager fp32: {best['variant']} "
+                f"({best['throughput']:.0f}/s, {best['throughput_x']:.2f}x; accuracy "
+                f"{best['accuracy']:.4f})"
+            )
+        return lines
