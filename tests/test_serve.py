@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from dlforge.deploy import Client, ServerError, Session
+from dlforge.deploy.loadgen import ServerProcess
 from dlforge.pipeline import run
 from dlforge.recipe import load_recipe
-from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -354,3 +354,29 @@ def test_unknown_precision_or_target_is_refused_before_starting(
     assert "precision" in capsys.readouterr().err
     assert main(["serve", str(run_dir / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_serve_stage_load_tests_the_run_and_reports_it(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        ROOT / "recipes/default.yaml",
+        [f"output_dir={tmp_path}", "train.epochs=1", "quantize.enabled=true",
+         "serve.enabled=true", "serve.loadtest.concurrency=[1,4]", "serve.loadtest.requests=60",
+         "serve.loadtest.duration_s=3"],
+    )  # fmt: skip
+    outcome = run(recipe)
+    rows = outcome.metrics["serve"]["rows"]
+    assert [(r["mode"], r["concurrency"]) for r in rows] == [
+        ("batch-1", 1), ("batch-1", 4), ("dynamic (2 ms)", 1), ("dynamic (2 ms)", 4)
+    ]  # fmt: skip
+    assert all(r["statuses"] == {"200": 60} and r["p99_ms"] >= r["p50_ms"] for r in rows)
+    assert rows[0]["rps_x"] == 1.0
+    html = outcome.report_path.read_text()
+    assert "Serving (load test)" in html and "latency_throughput" in html
+
+
+def test_serve_stage_needs_the_exported_files(tmp_path: Path) -> None:
+    from dlforge.config import ConfigError
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}", "serve.enabled=true", "train.epochs=1"])
+    with pytest.raises(ConfigError, match="enable quantize"):
+        run(recipe)

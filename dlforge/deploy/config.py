@@ -59,7 +59,7 @@ class ServeConfig(Config):
     precision: str = "int8"  # int8 or fp32 (the exported files); openvino also bf16 or auto
     threads: int | None = None  # the engine's threads per worker (default: cores / workers)
     max_batch_size: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
     max_queue: int = 256
     max_inflight_per_client: int = 0
     max_body_bytes: int = 16 * 1024 * 1024
@@ -68,6 +68,7 @@ class ServeConfig(Config):
     max_jobs: int = 1024  # asynchronous jobs waiting or running, per worker
     job_ttl_s: float = 3600.0  # finished jobs' results are kept this long
     graceful_timeout_s: float = 30.0  # shutdown waits this long for requests in flight
+    warmup: bool = True  # run each batch size once before answering (no first-sight stalls)
 
     def validate(self) -> None:
         from dlforge.deploy.backends import BACKENDS, PRECISIONS

@@ -227,3 +227,26 @@ def attention_maps(att: dict[str, Any]) -> bytes:
             bottom.set(xlabel="step", ylabel="pooling weight")
     fig.tight_layout()
     return to_png(fig)
+
+
+def latency_throughput(rows: list[dict[str, Any]]) -> bytes:
+    """p50 and p99 latency against requests per second, a line per serving mode; each point
+    is one concurrency level (labelled)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    for i, mode in enumerate(modes):
+        part = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["concurrency"])
+        color = f"C{i}"
+        x = [r["rps"] for r in part]
+        ax.plot(x, [r["p50_ms"] for r in part], "o-", color=color, label=f"{mode}: p50")
+        ax.plot(x, [r["p99_ms"] for r in part], "s--", color=color, alpha=0.6, label=f"{mode}: p99")
+        for r in part:
+            ax.annotate(str(r["concurrency"]), (r["rps"], r["p50_ms"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))  # fmt: skip
+    ax.set(xlabel="answered requests per second", ylabel="latency (ms)", yscale="log",
+           title="latency vs throughput (labels: concurrent clients)")  # fmt: skip
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    return to_png(fig)

@@ -367,3 +367,32 @@ def ensemble_section(title: str, ens: dict[str, Any], notes: list[str]) -> list[
                                                "throughput_b64", "throughput_x", "file_bytes",
                                                "size_x"]))  # fmt: skip
     return parts
+
+
+SERVE_COLUMNS = ["mode", "concurrency", "rps", "rps_x", "p50_ms", "p90_ms", "p99_ms", "ok",
+                 "statuses"]  # fmt: skip
+
+
+def serve_section(title: str, serve: dict[str, Any], notes: list[str]) -> list[str]:
+    """The load test: each serving mode at each concurrency, and latency against throughput."""
+    parts = [f"<h2>{html.escape(title)}</h2>"]
+    s = serve.get("settings", {})
+    parts.append(
+        f"<p>{html.escape(str(s.get('backend')))} {html.escape(str(s.get('precision')))}, "
+        f"{s.get('requests')} requests or {s.get('duration_s')} s per point, client and server "
+        "on this machine. Batch-1 serves each request on its own; dynamic batching joins "
+        f"requests for up to {s.get('max_wait_ms')} ms into batches of at most "
+        f"{s.get('max_batch_size')}.</p>"
+    )
+    rows = [{**r, "statuses": ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())}
+            for r in serve["rows"]]  # fmt: skip
+    parts.append(html_table(rows, SERVE_COLUMNS))
+    parts.append(
+        safe_figure(
+            "latency_throughput",
+            lambda: plots.latency_throughput(serve["rows"]),
+            "Latency (p50 solid, p99 dashed) against answered requests per second.",
+            notes,
+        )
+    )
+    return parts

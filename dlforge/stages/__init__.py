@@ -9,6 +9,7 @@ from dlforge.stages.crossval import CrossValStage
 from dlforge.stages.ensemble import EnsembleStage
 from dlforge.stages.evaluate import EvaluateStage
 from dlforge.stages.quantize import QuantizeStage
+from dlforge.stages.serve import ServeStage
 
 STAGES: list[Stage] = [
     EvaluateStage(),
@@ -17,6 +18,7 @@ STAGES: list[Stage] = [
     CompressStage(),
     QuantizeStage(),
     BenchStage(),
+    ServeStage(),
 ]
 
 
