@@ -174,10 +174,13 @@ def main() -> None:
     parser.add_argument("--overload-s", type=float, default=30.0)
     parser.add_argument("--bf16", action="store_true", help="also OpenVINO bf16 (emulated here)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", default=None, help="keep the deploy folders here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out: dict[str, Any] = {"args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            tmp = args.keep
         built = {}
         for name in args.models:
             start = time.perf_counter()
@@ -205,7 +208,9 @@ def main() -> None:
         if "overload" in args.only:
             name = args.serving_models[-1]
             folder, data, _ = built[name]
-            result = overload(name, folder, data, saturating=max(CONCURRENCY), seconds=args.overload_s)
+            result = overload(
+                name, folder, data, saturating=max(CONCURRENCY), seconds=args.overload_s
+            )
             out["overload"] = result
             print("\n## Overload\n")
             print(json.dumps(result, indent=1))

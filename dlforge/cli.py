@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default=None, help="int8 or fp32 (openvino also bf16, auto); default int8"
     )
     p.add_argument("--name", default=None, help="the model's name in /v2/models/NAME")
+    p.add_argument(
+        "--preprocessing",
+        default=None,
+        help="an ONNX file's preprocessing.json (default: the one beside it)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (costs time)")
     _set_option(p, "serve settings, e.g. --set serve.max_wait_ms=2 (see the recipe's serve:)")
 
@@ -319,7 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
             section = loaded["serve"]
     cfg: ServeConfig = recipe_from_dict({"serve": section}, overrides).serve
     SERVE_KEYS = set(ServeConfig.__dataclass_fields__)
-    onnx_path, preprocessing, name = resolve_target(args.target, cfg.precision)
+    onnx_path, preprocessing, name = resolve_target(args.target, cfg.precision, args.preprocessing)
     spec = ServeSpec(
         str(onnx_path),
         preprocessing,

@@ -59,7 +59,9 @@ class ServeConfig(Config):
     precision: str = "int8"  # int8 or fp32 (the exported files); openvino also bf16 or auto
     threads: int | None = None  # the engine's threads per worker (default: cores / workers)
     max_batch_size: int = 64
-    max_wait_ms: float = 2.0
+    # 0 joins what arrived while the model was busy, without waiting: the best in our load
+    # tests of closed-loop clients (BENCHMARKS.md); a wait helps when requests trickle in.
+    max_wait_ms: float = 0.0
     max_queue: int = 256
     max_inflight_per_client: int = 0
     max_body_bytes: int = 16 * 1024 * 1024

@@ -74,14 +74,21 @@ class JobStore:
             return None
 
     def expire(self) -> None:
-        """Remove the files of jobs older than the time to live."""
+        """Remove the files of jobs older than the time to live, and the oldest beyond
+        ``16 * max_jobs`` files, so a flood of jobs cannot fill the disk either."""
         cutoff = time.time() - self.ttl_s
+        files = []
         for p in self.folder.glob("*.json"):
             try:
-                if p.stat().st_mtime < cutoff:
+                mtime = p.stat().st_mtime
+                if mtime < cutoff:
                     p.unlink()
+                else:
+                    files.append((mtime, p))
             except OSError:
                 pass  # another worker removed it first
+        for _, p in sorted(files)[: max(0, len(files) - 16 * self.max_jobs)]:
+            p.unlink(missing_ok=True)
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) for the jobs of this worker to finish."""

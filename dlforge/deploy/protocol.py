@@ -44,6 +44,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:  # lists nested thousands deep
+        raise InputError("the body's JSON is nested too deeply") from None
 
 
 def as_array(value: Any, what: str, dtype: np.dtype[Any] | None = None) -> np.ndarray:

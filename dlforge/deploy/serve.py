@@ -88,9 +88,12 @@ class ServeSpec:
         return from_dict(ServeConfig, self.config)
 
 
-def resolve_target(target: str | Path, precision: str) -> tuple[Path, dict[str, Any], str]:
+def resolve_target(
+    target: str | Path, precision: str, preprocessing_file: str | Path | None = None
+) -> tuple[Path, dict[str, Any], str]:
     """A run folder (its ``deploy/``), a deploy folder, or an ONNX file with its
-    ``preprocessing.json`` beside it: the file to serve, its preprocessing, a model name."""
+    ``preprocessing.json`` beside it (or ``preprocessing_file``): the file to serve, its
+    preprocessing, a model name."""
     from dlforge.deploy.backends import file_for
 
     p = Path(target)
@@ -105,13 +108,17 @@ def resolve_target(target: str | Path, precision: str) -> tuple[Path, dict[str, 
             f"{onnx_path} not found: serve a run folder after its quantize stage, "
             "or an ONNX file (dlforge quantize writes both)"
         )
-    pre = deploy / PREPROCESSING_FILE
+    pre = Path(preprocessing_file) if preprocessing_file else deploy / PREPROCESSING_FILE
     preprocessing: dict[str, Any] = {}
+    if preprocessing_file and not pre.is_file():
+        raise FileNotFoundError(f"preprocessing file not found: {pre}")
     if pre.is_file():
         try:
             preprocessing = json.loads(pre.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{pre} is not valid JSON ({exc})") from None
+        if not isinstance(preprocessing, dict):
+            raise InputError(f"{pre} must hold a JSON object (input_shape, normalize, ...)")
     else:
         log.warning("%s not found: inputs are passed to the model as they come", pre)
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
@@ -227,10 +234,10 @@ class Server:
 
     def warm_up(self) -> None:
         """Run every batch size the batcher can form once before taking requests: engines
-        plan memory per input shape on first sight, and a first sight under load stalls every
-        request in flight (about 0.1 s for a small CNN on ONNX Runtime)."""
-        shape = self.session.input_shape or self.session.model.input_shape[1:]
-        if not shape or any(d is None for d in shape):
+        plan memory (OpenVINO: compile) per input shape on first sight, a cost better paid
+        before the first client than by the requests in flight when a new size first forms."""
+        shape = self.session.input_shape
+        if not shape:
             return  # a file with dynamic sizes past the batch: nothing fixed to warm up
         largest = min(self.cfg.max_batch_size, 256)
         for n in range(1, largest + 1):
@@ -263,6 +270,8 @@ class Server:
     async def logits(self, x: np.ndarray) -> np.ndarray:
         """Check, normalise and batch ``x`` (raw inputs); refuse when overloaded."""
         x = self.session.check_inputs(x)
+        if not np.isfinite(x).all():  # JSON allows NaN and Infinity; the model's answer would not
+            raise InputError("the inputs hold NaN or infinite values")
         if len(x) > self.cfg.max_rows:
             raise BodyTooLarge(
                 f"{len(x)} samples in one request; at most {self.cfg.max_rows} (max_rows)"
@@ -436,7 +445,11 @@ def create_app(spec: ServeSpec) -> Any:
     async def read_inputs(request: Request) -> np.ndarray:
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if kind == "multipart/form-data":
-            form = await request.form(max_files=server.cfg.max_rows, max_fields=16)
+            form = await request.form(
+                max_files=server.cfg.max_rows,
+                max_fields=16,
+                max_part_size=server.cfg.max_body_bytes,
+            )
             files = [v for _, v in form.multi_items() if not isinstance(v, str)]
             if not files:
                 raise InputError("the form holds no file: upload images (or a .npy) as files")

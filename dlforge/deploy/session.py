@@ -39,7 +39,11 @@ class Session:
         self.model: InferenceModel = open_model(onnx_path, backend, precision, threads)
         self.preprocessing = preprocessing
         self.class_names: list[str] = preprocessing.get("class_names", [])
-        self.input_shape = tuple(preprocessing.get("input_shape", ()))
+        stored = tuple(preprocessing.get("input_shape", ()))
+        own = self.model.input_shape[1:]
+        if not stored and own and all(d is not None for d in own):  # a bare ONNX file
+            stored = own
+        self.input_shape: tuple[int, ...] = tuple(int(d) for d in stored if d is not None)
 
     @property
     def backend(self) -> str:
