@@ -114,6 +114,9 @@ class ClassificationStep(Step):
 
     def loss(self, trainer: Trainer, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss_fn is not None:
+            set_epoch = getattr(self.loss_fn, "set_epoch", None)
+            if callable(set_epoch):  # a loss that changes with the epoch (LDAM's re-weighting)
+                set_epoch(trainer.epoch)
             return self.loss_fn(logits, y)
         if self._default is None:
             weight = (
