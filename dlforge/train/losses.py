@@ -76,6 +76,8 @@ def class_weights(
 class WeightedCrossEntropy(nn.Module):
     """Cross-entropy with per-class weights (a buffer: it follows the model's device)."""
 
+    weight: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("weight", weight.float())
@@ -151,6 +153,9 @@ class LDAMLoss(nn.Module):
     "effective", beta)`` (DRW): plain margins first, re-weighting once features have formed.
     """
 
+    margins: torch.Tensor
+    drw_weight: torch.Tensor
+
     def __init__(
         self,
         counts: Sequence[int] | np.ndarray,
@@ -192,6 +197,8 @@ def log_priors(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
 class LogitAdjustedLoss(nn.Module):
     """Logit-adjusted cross-entropy (Menon et al. 2021): cross-entropy of logits + tau log pi,
     so that the model's own logits come out balanced (no adjustment at prediction time)."""
+
+    offset: torch.Tensor
 
     def __init__(self, counts: Sequence[int] | np.ndarray, tau: float = 1.0) -> None:
         super().__init__()
