@@ -98,6 +98,8 @@ class FocalLoss(nn.Module):
     negatives (1 - alpha), as ``torchvision.ops.sigmoid_focal_loss`` computes it.
     """
 
+    alpha: torch.Tensor | None
+
     def __init__(
         self,
         gamma: float = 2.0,
@@ -128,9 +130,8 @@ class FocalLoss(nn.Module):
             return self._binary(logits.reshape(-1), target.reshape(-1).to(logits.dtype))
         logp = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
         loss = -((1 - logp.exp()) ** self.gamma) * logp
-        alpha: torch.Tensor | None = self.alpha
-        if alpha is not None:
-            loss = loss * alpha.to(logits.device)[target]
+        if self.alpha is not None:
+            loss = loss * self.alpha.to(logits.device)[target]
         elif self.scalar_alpha is not None:
             loss = loss * self.scalar_alpha
         return self._reduce(loss)
