@@ -114,10 +114,13 @@ class Runtime:
         that the global batch stays what the recipe says."""
         if not self.distributed:
             return loader
-        if not isinstance(loader.sampler, SequentialSampler | RandomSampler):
+        own_shard = getattr(loader.sampler, "shard", None)  # dlforge's imbalance samplers
+        if not callable(own_shard) and not isinstance(
+            loader.sampler, SequentialSampler | RandomSampler
+        ):
             raise ConfigError(
                 f"a {type(loader.sampler).__name__} cannot be sharded over processes (bagging "
-                "and class-balanced sampling run in one process)",
+                "runs in one process)",
                 "train",
             )
         batch = loader.batch_size or 1
@@ -126,9 +129,13 @@ class Runtime:
                 f"batch size {batch} does not split over {self.world_size} processes",
                 "train.batch_size",
             )
-        sampler: DistributedSampler[int] = DistributedSampler(
-            loader.dataset, self.world_size, self.rank, shuffle=shuffle, seed=seed
-        )
+        sampler: Sampler[int]
+        if callable(own_shard):  # every process draws the same epoch and keeps its share
+            sampler = own_shard(self.world_size, self.rank)
+        else:
+            sampler = DistributedSampler(
+                loader.dataset, self.world_size, self.rank, shuffle=shuffle, seed=seed
+            )
         return DataLoader(
             loader.dataset,
             batch_size=batch // self.world_size,
