@@ -170,7 +170,7 @@ def _train_result(recipe: Recipe, data: DataBundle, trainer: Trainer) -> dict[st
             "parameters": count_parameters(trainer.model),
             "checkpoint": str(trainer.checkpoint_path("best")),
         },
-        "train": trainer.history.to_dict(),
+        "train": trainer.history.to_dict() | trainer.notes,
         "environment": environment(),
     }
 

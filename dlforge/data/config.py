@@ -102,6 +102,22 @@ class AugmentConfig(Config):
 
 
 @dataclass
+class ImbalanceConfig(Config):
+    """Imbalanced classes: a long-tailed training split for studies, SMOTE (tabular features),
+    and a re-sampling sampler. Validation and test splits are never touched."""
+
+    long_tail_ratio: float | None = None  # subsample the training split to this head/tail ratio
+    smote: Literal["smote", "borderline", "adasyn"] | None = None  # tabular training split
+    smote_k: int = 5
+    sampler: Literal["over", "under", "balanced"] | None = None
+
+    def validate(self) -> None:
+        check(self.long_tail_ratio is None or self.long_tail_ratio >= 1, "long_tail_ratio",
+              self.long_tail_ratio, "must be >= 1")  # fmt: skip
+        check(self.smote_k >= 1, "smote_k", self.smote_k, "must be >= 1")
+
+
+@dataclass
 class DataConfig(Config):
     source: SourceName = "digits"
     path: str | None = None  # file or folder for the file-based sources
@@ -120,6 +136,7 @@ class DataConfig(Config):
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_fraction: float = 1.0  # keep this share of the training split (small-data studies)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
 
     def validate(self) -> None:
         check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in (0, 1)")

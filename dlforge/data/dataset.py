@@ -38,6 +38,7 @@ class DataBundle:
     test: tuple[torch.Tensor, torch.Tensor]
     class_names: list[str]
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # what was done to the splits (SMOTE)
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +88,7 @@ class DataBundle:
             "train_class_counts": np.bincount(
                 self.train[1].numpy(), minlength=self.num_classes
             ).tolist(),
+            **self.notes,
         }
 
 

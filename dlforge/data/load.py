@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlforge.config import ConfigError
 from dlforge.data import builtin, files
 from dlforge.data.config import DataConfig
 from dlforge.data.dataset import DataBundle, DataError, RawData, check_features
@@ -80,6 +81,10 @@ def split_indices(raw: RawData, cfg: DataConfig, seed: int) -> dict[str, np.ndar
         train, _, _, _ = stratified_split(
             train, raw.y[train], 1 - cfg.train_fraction, seed + 2, where
         )
+    if cfg.imbalance.long_tail_ratio is not None:  # a long-tailed training split (Cui et al.)
+        from dlforge.data.imbalance import long_tail_indices
+
+        train = train[long_tail_indices(raw.y[train], cfg.imbalance.long_tail_ratio, seed + 3)]
     return {"train": train, "val": val, "test": test}
 
 
@@ -145,4 +150,24 @@ def load_data(cfg: DataConfig, seed: int = 0, normalizer: dict | None = None) ->
     """
     raw = read_source(cfg, seed)
     splits = split_data(raw, cfg, seed)
-    return bundle(splits, raw.class_names, cfg.source, cfg.normalize, normalizer)
+    data = bundle(splits, raw.class_names, cfg.source, cfg.normalize, normalizer)
+    if cfg.imbalance.smote is not None:  # after normalisation: neighbours in comparable units
+        data = smote_train_split(data, cfg, seed)
+    return data
+
+
+def smote_train_split(data: DataBundle, cfg: DataConfig, seed: int) -> DataBundle:
+    """The training split with SMOTE's (or its relatives') synthetic minority samples."""
+    from dlforge.data.smote import smote_features
+
+    x, y = data.train
+    method = cfg.imbalance.smote or "smote"
+    before = np.bincount(y.numpy(), minlength=data.num_classes).tolist()
+    try:
+        xs, ys = smote_features(x.numpy(), y.numpy(), method, seed, cfg.imbalance.smote_k)
+    except ConfigError as exc:
+        raise DataError(f"{where_of(cfg)}: data.imbalance.smote: {exc}") from None
+    data.train = (torch.from_numpy(xs), torch.from_numpy(ys.astype(np.int64)))
+    data.notes["smote"] = {"method": method, "counts_before": before,
+                           "counts_after": np.bincount(ys, minlength=data.num_classes).tolist()}  # fmt: skip
+    return data

@@ -37,9 +37,12 @@ def make_step(recipe: Recipe, data: DataBundle) -> Step:
     """Classification with the recipe's label smoothing and, when configured, augmentation."""
     from dlforge.data.augment import BatchAugment
     from dlforge.train import ClassificationStep
+    from dlforge.train.losses import class_counts, make_loss
 
     augment = BatchAugment(recipe.data.augment, data.num_classes)
+    loss = make_loss(recipe.train.loss, class_counts(data.train[1], data.num_classes))
     return ClassificationStep(
+        loss_fn=loss,
         label_smoothing=recipe.train.label_smoothing,
         augment=augment if augment.active else None,
     )
@@ -85,11 +88,46 @@ def train_with(
     seed = recipe.seed if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
     batch = trainer.config.batch_size
+    kind = recipe.data.imbalance.sampler
+    if sampler is None and kind is not None:  # over-/under-/class-balanced sampling
+        from dlforge.data.imbalance import make_sampler
+
+        sampler = make_sampler(kind, data.train[1], seed, batch)
     train = data.loader("train", batch, shuffle=True, generator=generator, sampler=sampler)
     if trainer.runtime.distributed:
         train = trainer.runtime.shard(train, seed)
     trainer.fit(train, data.loader("val", recipe.evaluate.batch_size), resume=resume)
+    after_training(trainer, recipe, data, seed)
     return trainer
+
+
+def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int) -> None:
+    """Decoupled head re-training and the decision settings (``train.decoupled``,
+    ``train.decision``), on the trained model; the best checkpoint is rewritten with them."""
+    cfg = recipe.train
+    if not cfg.decoupled.enabled and cfg.decision == type(cfg.decision)():
+        return
+    from dlforge.train.decision import decide
+    from dlforge.train.decoupled import retrain_head
+
+    model = trainer.model
+    if cfg.decoupled.enabled:
+        d = cfg.decoupled
+        x, y = data.train
+        trainer.notes["decoupled"] = retrain_head(
+            model, x.to(trainer.device), y, data.num_classes, d.method, d.epochs, d.lr,
+            seed=seed, k_neighbors=d.k_neighbors,
+        )  # fmt: skip
+    decision = decide(model, data, cfg.decision)
+    if decision:
+        data.preprocessing["decision"] = decision
+        trainer.notes["decision"] = decision
+    best = trainer.checkpoint_path("best")
+    if best is not None and trainer.writes_files:
+        from dlforge.train.checkpoint import save_checkpoint
+
+        meta = {**trainer.meta, "preprocessing": data.preprocessing}
+        save_checkpoint(best, model, meta)
 
 
 def fit(

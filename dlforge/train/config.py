@@ -91,12 +91,75 @@ class GradMonitorConfig(Config):
 
 
 @dataclass
+class LossConfig(Config):
+    """The training loss (``train.loss``); the imbalance losses take the training split's class
+    counts. ``weights`` picks class weights for ``weighted`` (and ``focal``'s alpha when
+    ``focal_weights``): inverse frequency, inverse square root, or the effective number of
+    samples with ``beta`` (Cui et al. 2019)."""
+
+    name: Literal["cross_entropy", "weighted", "focal", "ldam", "logit_adjusted"] = "cross_entropy"
+    weights: Literal["inverse", "inverse_sqrt", "effective"] = "inverse"
+    beta: float = 0.999
+    gamma: float = 2.0  # focal
+    focal_weights: bool = False  # focal: class weights as alpha
+    max_margin: float = 0.5  # LDAM
+    scale: float = 30.0  # LDAM
+    drw_epoch: int | None = None  # LDAM: deferred re-weighting from this epoch (0-based)
+    tau: float = 1.0  # logit adjustment
+
+    def validate(self) -> None:
+        check(0 <= self.beta < 1, "beta", self.beta, "must be in [0, 1)")
+        check(self.gamma >= 0, "gamma", self.gamma, "must be >= 0")
+        check(self.max_margin > 0 and self.scale > 0, "max_margin", self.max_margin,
+              "and scale must be > 0")  # fmt: skip
+        check(self.drw_epoch is None or self.drw_epoch >= 0, "drw_epoch", self.drw_epoch,
+              "must be >= 0")  # fmt: skip
+
+
+@dataclass
+class DecoupledConfig(Config):
+    """Classifier re-training after training (Kang et al. 2020): the head retrained on the
+    backbone's embeddings of the training split, class-balanced by SMOTE or re-sampling."""
+
+    enabled: bool = False
+    method: Literal["smote", "borderline", "adasyn", "oversample"] = "smote"
+    epochs: int = 30
+    lr: float = 1e-2
+    k_neighbors: int = 5
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(self.k_neighbors >= 1, "k_neighbors", self.k_neighbors, "must be >= 1")
+
+
+@dataclass
+class DecisionConfig(Config):
+    """How the trained model decides (``train.decision``), set after training on the
+    validation split: post-hoc logit adjustment (folded into the head's bias) and, for two
+    classes, a threshold on P(class 1) maximising F1 or reaching ``target_recall``."""
+
+    logit_adjust_tau: float | None = None
+    threshold: Literal["f1", "recall"] | None = None
+    target_recall: float = 0.9
+
+    def validate(self) -> None:
+        check(self.logit_adjust_tau is None or self.logit_adjust_tau >= 0, "logit_adjust_tau",
+              self.logit_adjust_tau, "must be >= 0")  # fmt: skip
+        check(0 < self.target_recall <= 1, "target_recall", self.target_recall,
+              "must be in (0, 1]")  # fmt: skip
+
+
+@dataclass
 class TrainConfig(Config):
     epochs: int = 20
     batch_size: int = 64
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     label_smoothing: float = 0.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     l1: float = 0.0  # L1 penalty on weights (not biases or norm layers)
     # Explicit L2 penalty (coefficient/2 * sum w^2 in the loss) on the same weights. Under SGD it
     # equals weight decay; under Adam it does not (Adam rescales it, AdamW's decay is not).

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlforge.config import ConfigError
+from dlforge.train.config import LossConfig
 
 WeightScheme = Literal["inverse", "inverse_sqrt", "effective"]
 
@@ -217,3 +218,20 @@ def adjust_logits(
     cross-entropy: logits - tau log pi, which favours the rare classes by their rarity."""
     z = torch.as_tensor(logits, dtype=torch.float32)
     return z - tau * log_priors(counts).to(z.device)
+
+
+def make_loss(cfg: LossConfig, counts: Sequence[int] | np.ndarray) -> nn.Module | None:
+    """The loss a recipe's ``train.loss`` names, for these training class counts (None: the
+    step's own cross-entropy, with label smoothing)."""
+    if cfg.name == "cross_entropy":
+        return None
+    if cfg.name == "weighted":
+        return WeightedCrossEntropy(class_weights(counts, cfg.weights, cfg.beta))
+    if cfg.name == "focal":
+        alpha = class_weights(counts, cfg.weights, cfg.beta) if cfg.focal_weights else None
+        return FocalLoss(cfg.gamma, alpha)
+    if cfg.name == "ldam":
+        return LDAMLoss(counts, cfg.max_margin, cfg.scale, cfg.drw_epoch, cfg.beta)
+    if cfg.name == "logit_adjusted":
+        return LogitAdjustedLoss(counts, cfg.tau)
+    raise ConfigError(f"loss '{cfg.name}' is unknown", "name")

@@ -124,6 +124,7 @@ class Trainer:
         self.forward_model = self.runtime.wrap(self.model)  # DDP under torchrun
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
+        self.notes: dict[str, Any] = {}  # what was done after fitting (decoupled head, decision)
         self.history = History()
         self.schedule: LRSchedule | None = None
         self.epoch = 0  # epochs completed
