@@ -304,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
     """Serve a run folder (its recipe's serve: section are the defaults) or an ONNX file."""
     from pathlib import Path
 
-    from dlforge.config import to_dict
+    from dlforge.config import ConfigError, to_dict
     from dlforge.deploy.config import ServeConfig
     from dlforge.deploy.serve import ServeSpec, resolve_target, run_server
     from dlforge.recipe import recipe_from_dict
@@ -324,6 +324,19 @@ def _serve(args: argparse.Namespace) -> int:
             section = loaded["serve"]
     cfg: ServeConfig = recipe_from_dict({"serve": section}, overrides).serve
     SERVE_KEYS = set(ServeConfig.__dataclass_fields__)
+    if Path(args.target).is_file():  # a file says itself whether it is int8
+        from dlforge.deploy.bench import is_quantized
+        from dlforge.deploy.runtime import check_onnx_file
+
+        quantized = is_quantized(check_onnx_file(args.target))
+        if quantized != (cfg.precision == "int8") and args.precision is not None:
+            raise ConfigError(
+                f"{args.target} is {'an int8 (QDQ)' if quantized else 'a float'} file; "
+                f"--precision {cfg.precision} does not fit it",
+                "serve.precision",
+            )
+        if quantized != (cfg.precision == "int8"):
+            cfg.precision = "int8" if quantized else "fp32"
     onnx_path, preprocessing, name = resolve_target(args.target, cfg.precision, args.preprocessing)
     spec = ServeSpec(
         str(onnx_path),

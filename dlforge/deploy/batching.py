@@ -10,6 +10,7 @@ raises ``QueueFull`` instead of letting waiting requests pile up in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,6 +64,11 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dlforge-infer")
 
     @property
+    def waiting(self) -> int:
+        """Requests in the queue, not yet in a batch."""
+        return len(self._queue)
+
+    @property
     def depth(self) -> int:
         """Requests waiting, plus those in the batch being computed."""
         return len(self._queue) + self._running
@@ -91,6 +97,11 @@ class DynamicBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
+    @property
+    def alive(self) -> bool:
+        """False once the worker loop has ended (it never should before ``close``)."""
+        return self._task is not None and not self._task.done()
+
     async def _loop(self) -> None:
         assert self._arrived is not None
         while True:
@@ -101,21 +112,29 @@ class DynamicBatcher:
                 await self._arrived.wait()
                 continue
             batch = await self._gather()
-            await self._run(batch)
+            try:
+                await self._run(batch)
+            except Exception as exc:  # never let one batch end the loop: fail its callers only
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
 
     async def _gather(self) -> list[_Request]:
-        """The oldest request and those that join it before its wait ends or the batch fills."""
+        """The oldest request and those that join it before its wait ends or the batch fills;
+        only requests of the same sample shape join (a file with dynamic sizes may get others,
+        which wait for a batch of their own)."""
         assert self._arrived is not None
-        batch = [self._queue.popleft()]
-        rows = len(batch[0].x)
-        deadline = batch[0].arrived + self.max_wait
+        first = self._queue.popleft()
+        batch, rows, shape = [first], len(first.x), first.x.shape[1:]
+        deadline = first.arrived + self.max_wait
         while rows < self.max_batch_size:
-            if self._queue:
-                if rows + len(self._queue[0].x) > self.max_batch_size:
+            joinable = next((r for r in self._queue if r.x.shape[1:] == shape), None)
+            if joinable is not None:
+                if rows + len(joinable.x) > self.max_batch_size:
                     break
-                req = self._queue.popleft()
-                batch.append(req)
-                rows += len(req.x)
+                self._queue.remove(joinable)
+                batch.append(joinable)
+                rows += len(joinable.x)
                 continue
             left = deadline - time.perf_counter()
             if left <= 0 or self._closing:
@@ -132,19 +151,17 @@ class DynamicBatcher:
         if not live:
             return
         self._running = len(live)
-        x = live[0].x if len(live) == 1 else np.concatenate([r.x for r in live])
         start = time.perf_counter()
         try:
+            x = live[0].x if len(live) == 1 else np.concatenate([r.x for r in live])
             out = await asyncio.get_running_loop().run_in_executor(self._executor, self.model, x)
-        except Exception as exc:  # the model failed on this batch: each caller gets the error
-            for r in live:
-                if not r.future.done():
-                    r.future.set_exception(exc)
-            return
+            if len(out) != len(x):
+                raise RuntimeError(f"the model answered {len(out)} rows for {len(x)}")
         finally:
             self._running = 0
         if self.on_batch is not None:
-            self.on_batch(len(x), time.perf_counter() - start)
+            with contextlib.suppress(Exception):  # metrics must never fail a batch
+                self.on_batch(len(x), time.perf_counter() - start)
         at = 0
         for r in live:  # each caller's rows, in the order they were joined
             n = len(r.x)

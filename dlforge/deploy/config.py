@@ -66,6 +66,9 @@ class ServeConfig(Config):
     max_inflight_per_client: int = 0
     max_body_bytes: int = 16 * 1024 * 1024
     max_rows: int = 4096  # samples in one request
+    max_images: int = 64  # image files in one request
+    max_decoded_bytes: int = 64 * 1024 * 1024  # a request's inputs as float32, after decoding
+    max_job_bytes: int = 256 * 1024 * 1024  # inputs held by waiting jobs, per worker
     retry_after_s: int = 1
     max_jobs: int = 1024  # asynchronous jobs waiting or running, per worker
     job_ttl_s: float = 3600.0  # finished jobs' results are kept this long
@@ -81,7 +84,8 @@ class ServeConfig(Config):
               f"must be one of {choices} for backend {self.backend}")  # fmt: skip
         check(0 <= self.port <= 65535, "port", self.port, "must be in 0..65535")
         for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_rows",
-                    "max_jobs", "retry_after_s"):  # fmt: skip
+                    "max_jobs", "retry_after_s", "max_images", "max_decoded_bytes",
+                    "max_job_bytes"):  # fmt: skip
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1")
         check(self.max_wait_ms >= 0, "max_wait_ms", self.max_wait_ms, "must be >= 0")

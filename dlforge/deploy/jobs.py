@@ -27,12 +27,21 @@ class TooManyJobs(Exception):
 
 
 class JobStore:
-    def __init__(self, folder: str | Path, ttl_s: float = 3600.0, max_jobs: int = 1024) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        ttl_s: float = 3600.0,
+        max_jobs: int = 1024,
+        max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self.max_jobs = max_jobs
+        self.max_bytes = max_bytes  # inputs held by jobs not yet done
+        self.held = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_expiry = 0.0
 
     def _path(self, job_id: str) -> Path:
         return self.folder / f"{job_id}.json"
@@ -42,24 +51,35 @@ class JobStore:
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self._path(job_id))
 
-    def submit(self, work: Callable[[], Awaitable[dict[str, Any]]]) -> str:
-        """Start ``work`` in the background; its result (or error) lands in the job's file."""
+    def submit(self, work: Callable[[], Awaitable[dict[str, Any]]], nbytes: int = 0) -> str:
+        """Start ``work`` (holding ``nbytes`` of inputs) in the background; its result (or
+        error) lands in the job's file."""
         if len(self._tasks) >= self.max_jobs:
             raise TooManyJobs(f"{len(self._tasks)} jobs are waiting or running (max_jobs)")
-        self.expire()
+        if self.held + nbytes > self.max_bytes:
+            raise TooManyJobs(f"waiting jobs hold {self.held} bytes of inputs (max_job_bytes)")
+        loop = asyncio.get_running_loop()
+        if time.monotonic() - self._last_expiry > min(60.0, self.ttl_s):  # not on every job
+            self._last_expiry = time.monotonic()
+            loop.run_in_executor(None, self.expire)
         job_id = uuid.uuid4().hex
         self._write(job_id, {"id": job_id, "status": "pending", "submitted": time.time()})
-        task = asyncio.get_running_loop().create_task(self._run(job_id, work))
+        self.held += nbytes
+        task = loop.create_task(self._run(job_id, work, nbytes))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job_id
 
-    async def _run(self, job_id: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    async def _run(
+        self, job_id: str, work: Callable[[], Awaitable[dict[str, Any]]], nbytes: int
+    ) -> None:
         state: dict[str, Any] = {"id": job_id}
         try:
             state.update(status="done", result=await work())
         except Exception as exc:  # the job failed; the server goes on
             state.update(status="failed", error=" ".join(str(exc).split()) or type(exc).__name__)
+        finally:
+            self.held -= nbytes
         state["finished"] = time.time()
         self._write(job_id, state)
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -120,6 +121,8 @@ class ServerProcess:
                      "--port", str(self.port), *args]  # fmt: skip
         self.startup_s = startup_s
         self.proc: subprocess.Popen[str] | None = None
+        self.log: Any = None
+        self._printed = ""
 
     @property
     def pid(self) -> int:
@@ -130,14 +133,16 @@ class ServerProcess:
         import httpx
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Its output goes to a file, never a pipe nobody reads: a full pipe would block the
+        # server's event loop on its next log line.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env
         )
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise RuntimeError(f"the server exited at start: {out[-2000:]}")
+                raise RuntimeError(f"the server exited at start: {self.output()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return self
@@ -150,14 +155,27 @@ class ServerProcess:
     def stop(self, timeout: float = 30.0) -> tuple[int, str]:
         """SIGTERM (a graceful shutdown); the exit status and everything it printed."""
         assert self.proc is not None
+        if self.log.closed:  # stopped before
+            return self.proc.returncode, self._printed
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return self.proc.returncode, out
+            self.proc.wait()
+        self._printed = self.output()
+        self.log.close()
+        return self.proc.returncode, self._printed
+
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        if self.log.closed:
+            return self._printed
+        self.log.flush()
+        self.log.seek(0)
+        text: str = self.log.read()
+        return text
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -35,17 +36,19 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-OUTPUTS = ("logits", "probabilities")
+OUTPUTS = ("logits", "probabilities", "class")  # class: the decided class ids
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"the body is not valid JSON ({exc})") from None
     except RecursionError:  # lists nested thousands deep
         raise InputError("the body's JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers of thousands of digits
+        raise InputError(
+            f"the body is not valid JSON ({' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 def as_array(value: Any, what: str, dtype: np.dtype[Any] | None = None) -> np.ndarray:
@@ -53,18 +56,35 @@ def as_array(value: Any, what: str, dtype: np.dtype[Any] | None = None) -> np.nd
     if not isinstance(value, list):
         raise InputError(f"{what} must be a (nested) list of numbers, not {type(value).__name__}")
     try:
-        arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        reason = "lists of different lengths" if "inhomogeneous" in str(exc) else str(exc)
+        arr = np.asarray(value)  # no dtype yet: numpy would parse strings into numbers
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        reason = "lists of different lengths" if "inhomogeneous" in str(exc) else str(exc)[:200]
         raise InputError(f"{what} is not an array of numbers ({reason})") from None
     if arr.dtype.kind not in "fiub":
         raise InputError(f"{what} is not an array of numbers (it holds {arr.dtype} values)")
+    if dtype is not None:
+        try:
+            arr = arr.astype(dtype)
+        except (ValueError, OverflowError) as exc:
+            raise InputError(f"{what} does not fit {dtype} ({exc})") from None
     return arr
 
 
 def read_npy(body: bytes) -> np.ndarray:
-    """A ``.npy`` body, loaded without unpickling (object arrays are refused)."""
+    """A ``.npy`` body, loaded without unpickling (object arrays are refused); its header's
+    shape must fit the bytes that follow (numpy would allocate what the header claims)."""
+    buf = io.BytesIO(body)
     try:
+        version = np.lib.format.read_magic(buf)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)  # fmt: skip
+        shape, _, dtype = read_header(buf)
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > len(body):
+            raise InputError(
+                f"the .npy header claims shape {shape} ({claimed} bytes) but the body holds "
+                f"{len(body)} bytes"
+            )
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"the body is not a readable .npy array ({exc})") from None
@@ -84,7 +104,7 @@ def v1_inputs(payload: Any) -> np.ndarray:
 
 def v1_response(session: Session, logits: np.ndarray) -> dict[str, Any]:
     proba = softmax(logits)
-    ids = proba.argmax(axis=1)
+    ids = session.decide(logits)
     return {
         "classes": session.labels(ids),
         "indices": ids.tolist(),
@@ -124,15 +144,26 @@ def v2_input(payload: Any, binary: bytes, session: Session, input_name: str) -> 
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
     if name != input_name:
         raise InputError(f'input "{name}" is unknown; the model\'s input is "{input_name}"')
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InputError(f'input "{name}": "shape" must be a list of non-negative integers')
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 32
+        or not all(type(d) is int and d >= 0 for d in shape)  # bool is an int subclass: refused
+    ):
+        raise InputError(
+            f'input "{name}": "shape" must be a list of at most 32 non-negative integers'
+        )
     if datatype not in DATATYPES:
         raise InputError(
             f'input "{name}": datatype {datatype!r} is not one of {", ".join(DATATYPES)}'
         )
     dtype = DATATYPES[datatype]
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python integers: no silent overflow
     params = spec.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError(f'input "{name}": "parameters" must be an object')
+    unknown = set(params) - {"binary_data_size"}
+    if unknown:
+        raise InputError(f'input "{name}": parameters {sorted(unknown)} are not supported')
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or size != len(binary):
@@ -162,7 +193,10 @@ def v2_input(payload: Any, binary: bytes, session: Session, input_name: str) -> 
 
 def v2_outputs(payload: dict[str, Any]) -> list[tuple[str, bool]]:
     """The requested outputs and whether each goes back as binary data."""
-    default_binary = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    params = payload.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError('the request\'s "parameters" must be an object')
+    default_binary = bool(params.get("binary_data_output", False))
     requested = payload.get("outputs")
     if requested is None:
         return [(name, default_binary) for name in OUTPUTS]
@@ -173,18 +207,25 @@ def v2_outputs(payload: dict[str, Any]) -> list[tuple[str, bool]]:
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in OUTPUTS:
             raise InputError(f"output {name!r} is unknown; the outputs are {', '.join(OUTPUTS)}")
-        binary = (spec.get("parameters") or {}).get("binary_data", default_binary)
+        out_params = spec.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise InputError(f'output "{name}": "parameters" must be an object')
+        unknown = set(out_params) - {"binary_data"}
+        if unknown:  # e.g. Triton's class_count: a classification extension we do not serve
+            raise InputError(f'output "{name}": parameters {sorted(unknown)} are not supported')
+        binary = out_params.get("binary_data", default_binary)
         out.append((name, bool(binary)))
     return out
 
 
 def v2_response(
-    model_name: str, payload: dict[str, Any], logits: np.ndarray
+    model_name: str, payload: dict[str, Any], logits: np.ndarray, session: Session
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON then binary tensors."""
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "logits": logits.astype(np.float32),
         "probabilities": softmax(logits).astype(np.float32),
+        "class": session.decide(logits).astype(np.int64),
     }
     header: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": []}
     if isinstance(payload.get("id"), str):
@@ -192,7 +233,8 @@ def v2_response(
     blobs = []
     for name, binary in v2_outputs(payload):
         t = tensors[name]
-        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
+        datatype = "INT64" if t.dtype == np.int64 else "FP32"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(t.shape)}
         if binary:
             blob = np.ascontiguousarray(t).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -200,7 +242,7 @@ def v2_response(
         else:
             entry["data"] = t.ravel().tolist()
         header["outputs"].append(entry)
-    head = json.dumps(header).encode()
+    head = json.dumps(header, allow_nan=False).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {
@@ -219,5 +261,9 @@ def v2_metadata(model_name: str, session: Session, platform: str) -> dict[str, A
             {"name": session.model.input_name, "datatype": "FP32",
              "shape": [-1, *session.input_shape]}
         ],
-        "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, classes]} for n in OUTPUTS],
+        "outputs": [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "class", "datatype": "INT64", "shape": [-1]},
+        ],
     }  # fmt: skip

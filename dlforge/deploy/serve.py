@@ -71,6 +71,10 @@ class UnknownModel(Exception):
     pass
 
 
+class UnsupportedEncoding(Exception):
+    pass
+
+
 @dataclass
 class ServeSpec:
     """What one server process serves: the ONNX file, its preprocessing, the settings."""
@@ -139,9 +143,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await _drain(receive, 16 * self.limit)  # so that the client reads the answer
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await _drain(receive, self.limit)  # so that the client reads the answer
             await _send_json(send, 413, {"error": self._message(int(length))})
             return
         seen = 0
@@ -227,7 +233,8 @@ class Server:
             self.cfg.max_queue,
             on_batch=self.metrics.observe_batch,
         )
-        self.inflight: Tally[str] = Tally()
+        self.inflight: Tally[str] = Tally()  # requests in flight, per client
+        self.client_jobs: Tally[str] = Tally()  # jobs waiting or running, per client
         self.jobs: JobStore | None = None
         self._own_jobs_dir: tempfile.TemporaryDirectory[str] | None = None
         self.ready = False
@@ -244,6 +251,8 @@ class Server:
             self.session.model(np.zeros((n, *shape), np.float32))
 
     async def start(self) -> None:
+        if self.cfg.workers > 1:
+            forget_dead_workers()
         if self.cfg.warmup:
             await asyncio.get_running_loop().run_in_executor(None, self.warm_up)
         # Everything loaded so far lives as long as the server: move it out of the collector's
@@ -252,10 +261,11 @@ class Server:
         gc.freeze()
         self.batcher.start()
         folder = self.spec.jobs_dir
-        if folder is None:
+        if folder is None:  # removed at shutdown (uvicorn re-raises SIGTERM after it)
             self._own_jobs_dir = tempfile.TemporaryDirectory(prefix="dlforge-jobs-")
             folder = self._own_jobs_dir.name
-        self.jobs = JobStore(folder, self.cfg.job_ttl_s, self.cfg.max_jobs)
+        self.jobs = JobStore(folder, self.cfg.job_ttl_s, self.cfg.max_jobs, self.cfg.max_job_bytes)
+        log.info("asynchronous jobs in %s", folder)
         self.ready = True
 
     async def stop(self) -> None:
@@ -267,28 +277,50 @@ class Server:
         if self._own_jobs_dir is not None:
             self._own_jobs_dir.cleanup()
 
-    async def logits(self, x: np.ndarray) -> np.ndarray:
-        """Check, normalise and batch ``x`` (raw inputs); refuse when overloaded."""
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Raw inputs checked against the model and the limits, then normalised."""
         x = self.session.check_inputs(x)
-        if not np.isfinite(x).all():  # JSON allows NaN and Infinity; the model's answer would not
-            raise InputError("the inputs hold NaN or infinite values")
         if len(x) > self.cfg.max_rows:
             raise BodyTooLarge(
                 f"{len(x)} samples in one request; at most {self.cfg.max_rows} (max_rows)"
             )
+        if x.size * 4 > self.cfg.max_decoded_bytes:
+            raise BodyTooLarge(
+                f"inputs of {x.size * 4} bytes as float32; at most {self.cfg.max_decoded_bytes} "
+                "(max_decoded_bytes)"
+            )
         stats = self.session.preprocessing.get("normalize")
         if stats:
             x = apply_normalizer(x, stats)
+        # JSON allows NaN and Infinity, and huge finite values overflow once normalised
+        if not np.isfinite(x).all():
+            raise InputError("the inputs hold NaN or infinite values (or overflow float32)")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def check_room(self) -> None:
+        """503 at once when the queue is full, before the body is read or parsed."""
+        if self.batcher.waiting >= self.cfg.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise Overloaded(
+                503, f"the server is busy ({self.batcher.waiting} requests wait); retry later"
+            )
+
+    async def logits(self, x: np.ndarray, count_refusal: bool = True) -> np.ndarray:
+        """Prepared inputs through the batcher; refused when the queue is full."""
         self.metrics.queue_depth.inc()
         try:
-            return await self.batcher.submit(np.ascontiguousarray(x, dtype=np.float32))
+            out = await self.batcher.submit(x)
         except QueueFull as exc:
-            self.metrics.rejected.labels("queue_full").inc()
+            if count_refusal:
+                self.metrics.rejected.labels("queue_full").inc()
             raise Overloaded(503, f"the server is busy: {exc}; retry later") from None
         except BatcherClosed as exc:
             raise Overloaded(503, str(exc), retry=False) from None
         finally:
             self.metrics.queue_depth.dec()
+        if not np.isfinite(out).all():
+            raise InputError("the model's outputs are not finite for these inputs")
+        return out
 
     @contextlib.contextmanager
     def client_slot(self, key: str) -> Any:
@@ -309,11 +341,31 @@ class Server:
         """Like ``logits``, but a job waits for room in the queue instead of being refused."""
         while True:
             try:
-                return await self.logits(x)
+                return await self.logits(x, count_refusal=False)
             except Overloaded as exc:
                 if not exc.retry:
                     raise
-                await asyncio.sleep(self.cfg.retry_after_s / 10)
+                await asyncio.sleep(0.05)
+
+    def submit_job(self, key: str, x: np.ndarray) -> str:
+        """Start a job for client ``key``; 429 beyond its share of the job slots."""
+        assert self.jobs is not None
+        limit = self.cfg.max_inflight_per_client
+        if limit and self.client_jobs[key] >= limit:
+            self.metrics.rejected.labels("per_client").inc()
+            raise Overloaded(429, f"client '{key}' has {limit} jobs waiting (the limit)")
+
+        async def work() -> dict[str, Any]:
+            try:
+                return protocol.v1_response(self.session, await self.job_logits(x))
+            finally:
+                self.client_jobs[key] -= 1
+                if self.client_jobs[key] <= 0:
+                    del self.client_jobs[key]
+
+        job_id = self.jobs.submit(work, x.nbytes)
+        self.client_jobs[key] += 1
+        return job_id
 
     def model_info(self) -> dict[str, Any]:
         model = self.session.model
@@ -326,13 +378,57 @@ class Server:
             "precision": model.precision,
             "file": Path(model.path).name,
             "image_input": self.session.image_mode is not None,
+            "decision": self.session.decision,
             "batching": {"max_batch_size": self.cfg.max_batch_size,
                          "max_wait_ms": self.cfg.max_wait_ms, "max_queue": self.cfg.max_queue},
         }  # fmt: skip
 
 
+def forget_dead_workers() -> None:
+    """Drop the Prometheus files of worker processes that died (uvicorn restarts them), so
+    their last queue depth is not summed for ever."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    import psutil
+    from prometheus_client import multiprocess
+
+    for f in Path(folder).glob("*_*.db"):
+        pid = f.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            multiprocess.mark_process_dead(int(pid), folder)
+
+
+IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+def parse_inputs(server: Server, kind: str, body: bytes, files: list[bytes]) -> np.ndarray:
+    """A request body as raw inputs (run in a worker thread: decoding images or a large JSON
+    body must not hold up the event loop)."""
+    if files:
+        if len(files) == 1 and files[0][:6] == b"\x93NUMPY":
+            return protocol.read_npy(files[0])
+        if len(files) > server.cfg.max_images:
+            raise BodyTooLarge(
+                f"{len(files)} images in one request; at most {server.cfg.max_images}"
+            )
+        return np.stack([server.session.decode_image(b) for b in files])
+    if kind in ("application/x-npy", "application/octet-stream"):
+        return protocol.read_npy(body)
+    if kind in IMAGE_TYPES:
+        return server.session.decode_image(body)[None]
+    if kind in ("application/json", ""):
+        return protocol.v1_inputs(protocol.parse_json(body))
+    raise InputError(
+        f"content type '{kind}' is not accepted: send application/json, application/x-npy, "
+        "image/png, image/jpeg or multipart/form-data"
+    )
+
+
 def create_app(spec: ServeSpec) -> Any:
     """The FastAPI app serving ``spec`` (wrapped in the body-limit and metrics middleware)."""
+    from starlette.concurrency import run_in_threadpool
+
     server = Server(spec)
 
     @contextlib.asynccontextmanager
@@ -363,6 +459,10 @@ def create_app(spec: ServeSpec) -> Any:
     async def _too_many_jobs(request: Request, exc: TooManyJobs) -> Any:
         return error(503, str(exc), {"Retry-After": str(server.cfg.retry_after_s)})
 
+    @app.exception_handler(UnsupportedEncoding)
+    async def _encoding(request: Request, exc: UnsupportedEncoding) -> Any:
+        return error(415, str(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
         return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
@@ -370,32 +470,46 @@ def create_app(spec: ServeSpec) -> Any:
     @app.exception_handler(Exception)
     async def _failed(request: Request, exc: Exception) -> Any:  # the model itself failed
         log.exception("request failed")
-        return error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        return error(500, f"inference failed ({type(exc).__name__}; see the server's log)")
 
     def client_key(request: Request) -> str:
         header = request.headers.get("x-client-id")
         return header[:64] if header else (request.client.host if request.client else "?")
 
-    def check_name(name: str) -> None:
-        if name != server.model_name:
-            raise UnknownModel(name)
+    def check_name(name: str, version: str = "1") -> None:
+        if name != server.model_name or version != "1":
+            raise UnknownModel(name if name != server.model_name else f"{name}, version {version}")
 
     @app.exception_handler(UnknownModel)
     async def _unknown_model(request: Request, exc: UnknownModel) -> Any:
-        return error(404, f"model '{exc.args[0]}' is not served here; it is '{server.model_name}'")
+        return error(
+            404, f"model '{exc.args[0]}' is not served here; it is '{server.model_name}', version 1"
+        )
+
+    def content_type(request: Request) -> str:
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            raise UnsupportedEncoding(
+                f"content encoding '{encoding}' is not accepted: send the body uncompressed"
+            )
+        return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
 
     # -- health and description
     @app.get("/healthz")
     async def healthz() -> Any:
-        return {"status": "ok" if server.ready else "starting", "queue_depth": server.batcher.depth}
+        if not server.batcher.alive and server.ready:
+            return error(503, "the batcher has stopped")
+        return {"status": "ok" if server.ready else "starting", "pid": os.getpid(),
+                "queue_depth": server.batcher.depth}  # fmt: skip
 
     @app.get("/v2/health/live")
     async def live() -> Any:
-        return Response(status_code=200)
+        return {"live": True}
 
     @app.get("/v2/health/ready")
     async def ready() -> Any:
-        return Response(status_code=200 if server.ready else 503)
+        ok = server.ready and server.batcher.alive
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2")
     async def server_metadata() -> Any:
@@ -406,15 +520,16 @@ def create_app(spec: ServeSpec) -> Any:
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = "1") -> Any:
-        check_name(name)
+        check_name(name, version)
         platform = PLATFORMS[server.session.backend]
         return protocol.v2_metadata(server.model_name, server.session, platform)
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str = "1") -> Any:
-        check_name(name)
-        return Response(status_code=200 if server.ready else 503)
+        check_name(name, version)
+        ok = server.ready and server.batcher.alive
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v1/model")
     async def model() -> Any:
@@ -430,47 +545,51 @@ def create_app(spec: ServeSpec) -> Any:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1") -> Any:
-        check_name(name)
+        check_name(name, version)
+        server.check_room()
         with server.client_slot(client_key(request)):
+            content_type(request)
             body = await request.body()
-            payload, binary = protocol.split_binary(
-                body, request.headers.get(protocol.HEADER_LENGTH)
-            )
-            x = protocol.v2_input(payload, binary, server.session, server.session.model.input_name)
-            protocol.v2_outputs(payload)  # refuse unknown outputs before running the model
+            header = request.headers.get(protocol.HEADER_LENGTH)
+            session, input_name = server.session, server.session.model.input_name
+
+            def parse() -> tuple[Any, np.ndarray]:
+                payload, binary = protocol.split_binary(body, header)
+                x = protocol.v2_input(payload, binary, session, input_name)
+                protocol.v2_outputs(payload)  # refuse unknown outputs before running the model
+                return payload, server.prepare(x)
+
+            payload, x = await run_in_threadpool(parse)
             logits = await server.logits(x)
-        content, headers = protocol.v2_response(server.model_name, payload, logits)
+        content, headers = protocol.v2_response(server.model_name, payload, logits, session)
         return Response(content, headers=headers)
 
     async def read_inputs(request: Request) -> np.ndarray:
-        kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        kind = content_type(request)
+        files: list[bytes] = []
+        body = b""
         if kind == "multipart/form-data":
-            form = await request.form(
-                max_files=server.cfg.max_rows,
-                max_fields=16,
-                max_part_size=server.cfg.max_body_bytes,
-            )
-            files = [v for _, v in form.multi_items() if not isinstance(v, str)]
-            if not files:
+            try:
+                form = await request.form(
+                    max_files=server.cfg.max_images,
+                    max_fields=16,
+                    max_part_size=server.cfg.max_body_bytes,
+                )
+            except StarletteHTTPException as exc:  # a malformed form, too many files
+                raise InputError(f"the multipart form cannot be read ({exc.detail})") from None
+            uploads = [v for _, v in form.multi_items() if not isinstance(v, str)]
+            if not uploads:
                 raise InputError("the form holds no file: upload images (or a .npy) as files")
-            blobs = [await f.read() for f in files]
-            if len(blobs) == 1 and blobs[0][:6] == b"\x93NUMPY":
-                return protocol.read_npy(blobs[0])
-            return np.stack([server.session.decode_image(b) for b in blobs])
-        body = await request.body()
-        if kind in ("application/x-npy", "application/octet-stream"):
-            return protocol.read_npy(body)
-        if kind.startswith("image/"):
-            return server.session.decode_image(body)[None]
-        if kind in ("application/json", ""):
-            return protocol.v1_inputs(protocol.parse_json(body))
-        raise InputError(
-            f"content type '{kind}' is not accepted: send application/json, application/x-npy, "
-            "image/png, image/jpeg or multipart/form-data"
+            files = [await f.read() for f in uploads]
+        else:
+            body = await request.body()
+        return await run_in_threadpool(
+            lambda: server.prepare(parse_inputs(server, kind, body, files))
         )
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Any:
+        server.check_room()
         with server.client_slot(client_key(request)):
             x = await read_inputs(request)
             logits = await server.logits(x)
@@ -478,15 +597,10 @@ def create_app(spec: ServeSpec) -> Any:
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request) -> Any:
-        x = server.session.check_inputs(await read_inputs(request))
-        if len(x) > server.cfg.max_rows:
-            raise BodyTooLarge(f"{len(x)} samples in one job; at most {server.cfg.max_rows}")
-
-        async def work() -> dict[str, Any]:
-            return protocol.v1_response(server.session, await server.job_logits(x))
-
-        assert server.jobs is not None
-        job_id = server.jobs.submit(work)
+        key = client_key(request)
+        with server.client_slot(key):
+            x = await read_inputs(request)
+        job_id = server.submit_job(key, x)
         return JSONResponse(
             {"id": job_id, "status": "pending", "url": f"/v1/jobs/{job_id}"},
             status_code=202,
@@ -505,11 +619,12 @@ def create_app(spec: ServeSpec) -> Any:
 
 
 def app_from_env() -> Any:
-    """The app factory each ``--workers`` process calls (its spec comes through the env)."""
-    raw = os.environ.get(SPEC_ENV)
-    if not raw:
+    """The app factory each ``--workers`` process calls (its spec is a file named in the env:
+    a run's preprocessing can be larger than one environment variable may hold)."""
+    path = os.environ.get(SPEC_ENV)
+    if not path:
         raise DlforgeError(f"{SPEC_ENV} is not set: start the server with `dlforge serve`")
-    return create_app(ServeSpec(**json.loads(raw)))
+    return create_app(ServeSpec(**json.loads(Path(path).read_text())))
 
 
 def run_server(spec: ServeSpec, access_log: bool = False) -> None:
@@ -524,16 +639,17 @@ def run_server(spec: ServeSpec, access_log: bool = False) -> None:
         "timeout_graceful_shutdown": cfg.graceful_timeout_s,
         "log_level": "info",
     }
+    if cfg.workers == 1:  # the server makes (and removes) its own jobs folder
+        uvicorn.run(create_app(spec), **common)
+        return
     with tempfile.TemporaryDirectory(prefix="dlforge-serve-") as tmp:
-        if spec.jobs_dir is None:
-            spec.jobs_dir = str(Path(tmp) / "jobs")
-        if cfg.workers == 1:
-            uvicorn.run(create_app(spec), **common)
-            return
+        spec.jobs_dir = spec.jobs_dir or str(Path(tmp) / "jobs")
         metrics_dir = Path(tmp) / "metrics"
         metrics_dir.mkdir()
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(asdict(spec)))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        os.environ[SPEC_ENV] = json.dumps(asdict(spec))
+        os.environ[SPEC_ENV] = str(spec_file)
         uvicorn.run(
             "dlforge.deploy.serve:app_from_env", factory=True, workers=cfg.workers, **common
         )

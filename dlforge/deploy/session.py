@@ -106,8 +106,20 @@ class Session:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(x))
 
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """The stored decision rule (a binary threshold chosen on the validation split)."""
+        decision = self.preprocessing.get("decision")
+        return decision if isinstance(decision, dict) else None
+
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """Class ids from logits, under the stored decision rule (else argmax)."""
+        from dlforge.evaluate.thresholds import apply_threshold
+
+        return apply_threshold(softmax(logits), self.decision)
+
     def predict(self, x: np.ndarray) -> list[str]:
-        return self.labels(self.logits(x).argmax(axis=1))
+        return self.labels(self.decide(self.logits(x)))
 
     def labels(self, ids: np.ndarray) -> list[str]:
         names = self.class_names
@@ -135,17 +147,21 @@ class Session:
                 "send an array (JSON or .npy)"
             )
         _, h, w = self.input_shape
-        try:
-            with Image.open(io.BytesIO(data)) as img:
+        try:  # PNG and JPEG only: other plugins (EPS) would hand the bytes to other programs
+            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
                 if img.width * img.height > max_pixels:  # refuse before decoding a pixel bomb
                     raise InputError(
                         f"an image of {img.width}x{img.height} pixels; at most {max_pixels}"
                     )
                 arr = np.asarray(img.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                Image.DecompressionBombError) as exc:  # fmt: skip
             if isinstance(exc, InputError):
                 raise
-            raise InputError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+            reason = " ".join(str(exc).split())[:200]
+            raise InputError(
+                f"not a readable PNG/JPEG image ({type(exc).__name__}: {reason})"
+            ) from None
         arr = arr.astype(np.float32) / 255.0
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

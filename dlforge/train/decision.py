@@ -3,7 +3,7 @@
 - Post-hoc logit adjustment (Menon et al. 2021): logits - tau log pi. It is folded into the
   classifier head's bias, so the model itself (its evaluation, its ONNX files, the server)
   decides the adjusted way, with nothing to remember.
-- Threshold moving for binary problems: the probability of the positive class (class 1) above
+- Threshold moving for binary problems (``evaluate/thresholds.py`` applies it): the probability of the positive class (class 1) above
   which it is predicted, chosen on the validation split to maximise F1 or to reach a recall.
   It is stored in the preprocessing (``decision.threshold``) that ``Session`` and the server
   read, and in the checkpoint.
@@ -88,10 +88,3 @@ def decide(model: nn.Module, data: Any, cfg: DecisionConfig) -> dict[str, Any]:
                                     cfg.target_recall))  # fmt: skip
         out["positive"] = 1
     return out
-
-
-def apply_threshold(proba: np.ndarray, decision: dict[str, Any] | None) -> np.ndarray:
-    """Class ids from probabilities under a stored decision (argmax without a threshold)."""
-    if decision and "threshold" in decision and proba.shape[1] == 2:
-        return (proba[:, 1] >= decision["threshold"]).astype(np.int64)
-    return proba.argmax(axis=1)
