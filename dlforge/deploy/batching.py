@@ -28,7 +28,7 @@ class BatcherClosed(Exception):
     """The server is shutting down and takes no new requests."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (deque.remove), never by their arrays
 class _Request:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
@@ -111,8 +111,9 @@ class DynamicBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            batch = await self._gather()
+            batch: list[_Request] = []
             try:
+                batch = await self._gather()
                 await self._run(batch)
             except Exception as exc:  # never let one batch end the loop: fail its callers only
                 for r in batch:
