@@ -311,6 +311,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     recipe_file = Path(args.target) / "recipe.yaml"
     overrides = list(args.overrides)
+    for item in overrides:
+        if not item.startswith("serve."):
+            raise ConfigError(f"dlforge serve takes serve.* settings only; got --set {item}")
     for flag in ("host", "port", "workers", "backend", "precision"):
         value = getattr(args, flag)
         if value is not None:
@@ -338,6 +341,11 @@ def _serve(args: argparse.Namespace) -> int:
         if quantized != (cfg.precision == "int8"):
             cfg.precision = "int8" if quantized else "fp32"
     onnx_path, preprocessing, name = resolve_target(args.target, cfg.precision, args.preprocessing)
+    if cfg.port == 0:  # the banner and the clients need the real port
+        from dlforge.deploy.loadgen import free_port
+
+        cfg.port = free_port()
+    check_port_free(cfg.host, cfg.port)
     spec = ServeSpec(
         str(onnx_path),
         preprocessing,
@@ -351,6 +359,22 @@ def _serve(args: argparse.Namespace) -> int:
     )
     run_server(spec, access_log=args.access_log)
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before loading the model, a port another process listens on."""
+    import socket
+
+    from dlforge.config import ConfigError
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror})", "serve.port"
+            ) from None
 
 
 def _with(recipe: Any, override: str) -> Any:

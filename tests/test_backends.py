@@ -105,3 +105,20 @@ def test_bench_stage_compares_backends_and_precisions(small_cnn, digits, files) 
     fastest_row = next(r for r in result["rows"] if r["variant"] == best["variant"])
     within = [r for r in result["rows"] if r["accuracy"] >= eager - cfg.accuracy_tolerance]
     assert fastest_row["throughput_b64"] == max(r["throughput_b64"] for r in within)
+
+
+def test_only_image_sources_take_image_uploads(files) -> None:
+    import io
+
+    from PIL import Image
+
+    from dlforge.deploy.session import InputError
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    digits = Session(files["fp32"], {"source": "digits", "input_shape": [1, 8, 8]})
+    assert digits.image_mode == "L" and digits.decode_image(png.getvalue()).shape == (1, 8, 8)
+    npz = Session(files["fp32"], {"source": "npz", "input_shape": [1, 8, 8]})  # pixels 0-255?
+    assert npz.image_mode is None
+    with pytest.raises(InputError, match="not images"):
+        npz.decode_image(png.getvalue())

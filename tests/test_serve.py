@@ -115,6 +115,9 @@ def test_tritonclient_gets_the_same_predictions(
         np.testing.assert_allclose(result.as_numpy("logits"), session.logits(raw[:16]), atol=1e-5)
     with pytest.raises(Exception, match="not served here"):
         client.get_model_metadata("another-model")
+    config = client.get_model_config(name)
+    assert config["max_batch_size"] == 64 and config["input"][0]["dims"] == [1, 8, 8]
+    assert client.get_model_repository_index() == [{"name": name, "version": "1", "state": "READY"}]
 
 
 def test_png_upload_runs_the_stored_preprocessing(
@@ -132,6 +135,10 @@ def test_png_upload_runs_the_stored_preprocessing(
     files = [("file", ("a.png", png.getvalue(), "image/png"))] * 2  # a multipart upload of two
     r = httpx.post(f"{server.url}/v1/predict", files=files)
     assert r.json()["classes"] == expected * 2
+    parts = [("a", ("a.npy", npy(raw[:2]), "application/octet-stream")),
+             ("b", ("b.npy", npy(raw[2:5]), "application/octet-stream"))]  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/predict", files=parts)
+    assert r.json()["classes"] == session.predict(raw[:5])
 
 
 @pytest.mark.parametrize(
@@ -146,9 +153,9 @@ def test_png_upload_runs_the_stored_preprocessing(
         (b"\x93NUMPY garbage", {"content-type": "application/x-npy"}, "not a readable .npy"),
         (npy(np.array([{"a": 1}], dtype=object)), {"content-type": "application/x-npy"},
          "not a readable .npy"),  # a pickle inside is refused, never loaded
-        (b"GIF89a...", {"content-type": "image/png"}, "not a readable PNG/JPEG image"),
+        (b"GIF89a...", {"content-type": "image/png"}, "not a readable image"),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", {"content-type": "image/png"},
-         "not a readable PNG/JPEG image"),  # EPS would run Ghostscript: never opened
+         "not a readable image"),  # EPS would run Ghostscript: never opened
         (npy_header((2**40,)), {"content-type": "application/x-npy"}, "header claims shape"),
         (b"[1]", {"content-type": "Application/JSON"}, 'an object with an "inputs" array'),
         (b'{"inputs": ' + b"9" * 5000 + b"}", {}, "not valid JSON"),
@@ -396,6 +403,16 @@ def test_unknown_precision_or_target_is_refused_before_starting(
     assert "precision" in capsys.readouterr().err
     assert main(["serve", str(run_dir / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["serve", str(run_dir), "--set", "train.epochs=1"]) == 2
+    assert "serve.* settings only" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(run_dir), "--port", port]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_serve_stage_load_tests_the_run_and_reports_it(tmp_path: Path) -> None:
@@ -433,6 +450,11 @@ def test_an_onnx_file_is_served_with_or_without_its_preprocessing(
         r = httpx.post(f"{s.url}/v1/predict", json={"inputs": raw[:8].tolist()})
         assert r.json()["classes"] == session.predict(raw[:8])
         assert httpx.get(f"{s.url}/v1/model").json()["name"] == "model_int8"
+    (run_dir / "compress").mkdir(exist_ok=True)  # a run's other files find deploy/'s preprocessing
+    other = shutil.copy(run_dir / "deploy" / "model_int8.onnx", run_dir / "compress" / "x.onnx")
+    with ServerProcess(other) as s:
+        r = httpx.post(f"{s.url}/v1/predict", json={"inputs": raw[:8].tolist()})
+        assert r.json()["classes"] == session.predict(raw[:8])
     bare = shutil.copy(run_dir / "deploy" / "model_int8.onnx", tmp_path / "bare.onnx")
     with ServerProcess(bare) as s:  # no preprocessing: inputs go to the model as they come
         normalised = session.check_inputs(raw[:8])

@@ -36,6 +36,8 @@ class BenchConfig(Config):
                   "must be among fp32, int8, bf16")  # fmt: skip
         check(self.accuracy_tolerance >= 0, "accuracy_tolerance", self.accuracy_tolerance,
               "must be >= 0")  # fmt: skip
+        check("bf16" not in self.precisions or "openvino" in self.backends, "precisions",
+              self.precisions, "bf16 runs on OpenVINO only: add openvino to the backends")  # fmt: skip
         for key in ("threads", "rounds", "latency_iters", "throughput_batch", "throughput_iters"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")

@@ -130,8 +130,11 @@ class ServerProcess:
         return self.proc.pid
 
     def __enter__(self) -> ServerProcess:
+        import logging
+
         import httpx
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per readiness poll
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Its output goes to a file, never a pipe nobody reads: a full pipe would block the
         # server's event loop on its next log line.

@@ -1,6 +1,6 @@
 """The inference server: FastAPI on uvicorn, started by ``dlforge serve``.
 
-Routes (``docs/serving.md`` has examples):
+Routes (the README's "Serving" section has examples):
 
 - Open Inference Protocol (KServe v2, as Triton, KServe and Seldon serve it):
   ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
@@ -102,11 +102,13 @@ def resolve_target(
 
     p = Path(target)
     if p.is_dir():
-        deploy = p / "deploy" if (p / "deploy").is_dir() else p
+        deploy = p / "deploy" if not (p / file_for(precision)).is_file() else p
         onnx_path = deploy / file_for(precision)
         name = (p if deploy != p else p.parent).name
     else:
         onnx_path, deploy, name = p, p.parent, p.stem
+        if not (deploy / PREPROCESSING_FILE).is_file() and (p.parent.parent / "deploy").is_dir():
+            deploy = p.parent.parent / "deploy"  # a run's compress/ or ensemble/ file
     if not onnx_path.is_file():
         raise FileNotFoundError(
             f"{onnx_path} not found: serve a run folder after its quantize stage, "
@@ -125,6 +127,8 @@ def resolve_target(
             raise InputError(f"{pre} must hold a JSON object (input_shape, normalize, ...)")
     else:
         log.warning("%s not found: inputs are passed to the model as they come", pre)
+    if pre.is_file() and pre.parent != onnx_path.parent:
+        log.info("preprocessing from %s", pre)
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
     return onnx_path, preprocessing, safe
 
@@ -399,15 +403,16 @@ def forget_dead_workers() -> None:
             multiprocess.mark_process_dead(int(pid), folder)
 
 
-IMAGE_TYPES = ("image/png", "image/jpeg")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff")
 
 
 def parse_inputs(server: Server, kind: str, body: bytes, files: list[bytes]) -> np.ndarray:
     """A request body as raw inputs (run in a worker thread: decoding images or a large JSON
     body must not hold up the event loop)."""
     if files:
-        if len(files) == 1 and files[0][:6] == b"\x93NUMPY":
-            return protocol.read_npy(files[0])
+        if all(f[:6] == b"\x93NUMPY" for f in files):  # .npy parts: one batch, in order
+            arrays = [protocol.read_npy(f) for f in files]
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         if len(files) > server.cfg.max_images:
             raise BodyTooLarge(
                 f"{len(files)} images in one request; at most {server.cfg.max_images}"
@@ -419,9 +424,14 @@ def parse_inputs(server: Server, kind: str, body: bytes, files: list[bytes]) -> 
         return server.session.decode_image(body)[None]
     if kind in ("application/json", ""):
         return protocol.v1_inputs(protocol.parse_json(body))
+    hint = (
+        " (curl -d sends it: add -H 'content-type: application/json')"
+        if "urlencoded" in kind
+        else ""
+    )
     raise InputError(
-        f"content type '{kind}' is not accepted: send application/json, application/x-npy, "
-        "image/png, image/jpeg or multipart/form-data"
+        f"content type '{kind}' is not accepted{hint}: send application/json, "
+        "application/x-npy, an image (png, jpeg, bmp, gif, webp, tiff) or multipart/form-data"
     )
 
 
@@ -530,6 +540,31 @@ def create_app(spec: ServeSpec) -> Any:
         check_name(name, version)
         ok = server.ready and server.batcher.alive
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str = "1") -> Any:
+        """Triton's model-configuration extension, as far as it describes this model."""
+        check_name(name, version)
+        meta = protocol.v2_metadata(server.model_name, server.session, "")
+
+        def tensors(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"name": t["name"], "data_type": "TYPE_" + t["datatype"],
+                     "dims": t["shape"][1:]} for t in specs]  # fmt: skip
+
+        return {
+            "name": server.model_name,
+            "platform": PLATFORMS[server.session.backend],
+            "max_batch_size": server.cfg.max_batch_size,
+            "input": tensors(meta["inputs"]),
+            "output": tensors(meta["outputs"]),
+            "dynamic_batching": {"max_queue_delay_microseconds": int(server.cfg.max_wait_ms * 1e3)},
+        }
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> Any:
+        state = "READY" if server.ready else "UNAVAILABLE"
+        return [{"name": server.model_name, "version": "1", "state": state}]
 
     @app.get("/v1/model")
     async def model() -> Any:

@@ -19,6 +19,10 @@ from dlforge.data.normalize import apply_normalizer
 from dlforge.deploy.backends import InferenceModel, check_backend, file_for, open_model
 
 PREPROCESSING_FILE = "preprocessing.json"
+# Sources whose images are read as pixels scaled to [0, 1] (digits: its 0-16 ink, /16).
+IMAGE_SOURCES = ("image_folder", "cifar10", "mnist_idx", "digits")
+# Formats PIL decodes itself (EPS and friends would hand the bytes to other programs).
+IMAGE_FORMATS = ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"]
 
 
 class InputError(DlforgeError, ValueError):
@@ -127,8 +131,12 @@ class Session:
 
     @property
     def image_mode(self) -> str | None:
-        """PIL's mode for image uploads (``L`` or ``RGB``), or None for a non-image model."""
+        """PIL's mode for image uploads (``L`` or ``RGB``), or None for a model not trained on
+        images read as [0, 1] pixels (arrays of any other source are not images, whatever their
+        shape: an .npz of 0-255 pixels would be scaled differently)."""
         shape = self.input_shape
+        if self.preprocessing.get("source") not in IMAGE_SOURCES:
+            return None
         if len(shape) == 3 and shape[0] in (1, 3) and shape[1] > 1 and shape[2] > 1:
             return "L" if shape[0] == 1 else "RGB"
         return None
@@ -147,8 +155,8 @@ class Session:
                 "send an array (JSON or .npy)"
             )
         _, h, w = self.input_shape
-        try:  # PNG and JPEG only: other plugins (EPS) would hand the bytes to other programs
-            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+        try:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
                 if img.width * img.height > max_pixels:  # refuse before decoding a pixel bomb
                     raise InputError(
                         f"an image of {img.width}x{img.height} pixels; at most {max_pixels}"
@@ -158,10 +166,11 @@ class Session:
                 Image.DecompressionBombError) as exc:  # fmt: skip
             if isinstance(exc, InputError):
                 raise
-            reason = " ".join(str(exc).split())[:200]
-            raise InputError(
-                f"not a readable PNG/JPEG image ({type(exc).__name__}: {reason})"
-            ) from None
+            if isinstance(exc, UnidentifiedImageError):
+                reason = f"not one of {', '.join(IMAGE_FORMATS)}"
+            else:
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            raise InputError(f"not a readable image ({reason})") from None
         arr = arr.astype(np.float32) / 255.0
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
