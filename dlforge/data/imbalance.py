@@ -123,14 +123,20 @@ class OverSampler(_EpochSampler):
 
 class UnderSampler(_EpochSampler):
     """Random under-sampling: each class cut to the smallest class's count, a new subset every
-    epoch (over the epochs the head classes are all seen)."""
+    epoch (over the epochs the head classes are all seen), or with ``fixed`` one subset drawn
+    from the seed alone and only reshuffled (a member of an EasyEnsemble)."""
+
+    def __init__(self, labels: Any, seed: int = 0, fixed: bool = False) -> None:
+        super().__init__(labels, seed)
+        self.fixed = fixed
 
     def epoch_size(self) -> int:
         return min(len(i) for i in self.by_class) * len(self.by_class)
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         n = min(len(i) for i in self.by_class)
-        parts = [rng.choice(idx, n, replace=False) for idx in self.by_class]
+        pick = np.random.default_rng(self.seed) if self.fixed else rng
+        parts = [pick.choice(idx, n, replace=False) for idx in self.by_class]
         return rng.permutation(np.concatenate(parts))
 
 

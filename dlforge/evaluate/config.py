@@ -42,7 +42,8 @@ class EnsembleConfig(Config):
     enabled: bool = False
     # seeds: members from other initialisations and batch orders; bagging: each on a bootstrap
     # sample; snapshot: one run with cyclic cosine rates, a member at the end of each cycle.
-    kind: Literal["seeds", "bagging", "snapshot"] = "seeds"
+    # easy: EasyEnsemble (Liu et al. 2009), each on its own balanced under-sample.
+    kind: Literal["seeds", "bagging", "snapshot", "easy"] = "seeds"
     members: int = 5
     voting: Literal["soft", "hard"] = "soft"
     bench: bool = True  # time the ensemble against the single model on ONNX Runtime

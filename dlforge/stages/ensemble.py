@@ -16,6 +16,7 @@ from dlforge.stages.base import RunContext, Stage, plain_copy
 
 if TYPE_CHECKING:
     from torch import nn
+    from torch.utils.data import Sampler
 
     from dlforge.data import DataBundle
     from dlforge.recipe import Recipe
@@ -44,9 +45,13 @@ def ensemble_members(recipe: Recipe, data: DataBundle) -> list[nn.Module]:
     for i in range(cfg.members):
         seed = recipe.seed + 1 + i
         model = make_model(recipe, data, seed)
-        sampler = None
+        sampler: Sampler[int] | None = None
         if cfg.kind == "bagging":
             sampler = bootstrap_sampler(len(data.train[1]), seed)
+        elif cfg.kind == "easy":  # a balanced under-sample of its own (EasyEnsemble)
+            from dlforge.data.imbalance import UnderSampler
+
+            sampler = UnderSampler(data.train[1], seed, fixed=True)
         members.append(fit(recipe, data, model, seed=seed, sampler=sampler).model.eval())
     return members
 
@@ -62,8 +67,11 @@ def _scores(model: nn.Module, data: DataBundle) -> dict[str, float]:
         logits = model(x).double()
     proba = torch.softmax(logits, dim=1).numpy()
     labels = y.numpy()
+    k = proba.shape[1]
     return {
         "accuracy": M.accuracy_score(labels, proba.argmax(1)),
+        "balanced_accuracy": M.balanced_accuracy_score(labels, proba.argmax(1), k),
+        "f1_macro": float(M.precision_recall_f1(labels, proba.argmax(1), k, "macro")[2]),
         "expected_calibration_error": M.expected_calibration_error(labels, proba),
         "log_loss": M.log_loss(labels, np.clip(proba, 1e-12, 1)),
     }

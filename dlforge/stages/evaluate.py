@@ -27,6 +27,16 @@ class EvaluateStage(Stage):
             device=next(ctx.model.parameters()).device,
             seed=ctx.seed,
         )
+        import numpy as np
+
+        from dlforge.evaluate.imbalance import imbalance_report
+
+        train_counts = np.bincount(ctx.data.train[1].numpy(), minlength=ctx.data.num_classes)
+        per_class = result["per_class"]
+        result["imbalance"] = imbalance_report(
+            [c["recall"] for c in per_class], [c["support"] for c in per_class], train_counts
+        )
+        result["summary"]["geometric_mean"] = result["imbalance"]["geometric_mean"]
         x, y = ctx.data.test
         device = next(ctx.model.parameters()).device
         maps = attention_examples(ctx.model, x.to(device), y, ctx.data.class_names)
