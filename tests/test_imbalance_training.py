@@ -140,7 +140,9 @@ def test_threshold_choice_is_the_best_on_the_curve() -> None:
     assert best["threshold"] == max(grid, key=grid.get)  # type: ignore[arg-type]
     at = choose_threshold(y, p, "recall", target_recall=0.8)
     assert recall_score(y, p >= at["threshold"]) >= 0.8
-    assert recall_score(y, p >= np.nextafter(at["threshold"], 2)) < 0.8 or at["threshold"] == p.max()
+    assert (
+        recall_score(y, p >= np.nextafter(at["threshold"], 2)) < 0.8 or at["threshold"] == p.max()
+    )
 
 
 def test_binary_threshold_travels_to_the_session(tmp_path: Path) -> None:
