@@ -181,7 +181,8 @@ def test_a_long_tailed_recipe_end_to_end(tmp_path: Path) -> None:
          "train.decoupled.enabled=true", "train.decoupled.k_neighbors=2", "ensemble.enabled=true",
          "ensemble.kind=easy", "ensemble.members=2", "ensemble.bench=false"],
     )  # fmt: skip
-    m = run(recipe).metrics
+    outcome = run(recipe)
+    m = outcome.metrics
     counts = m["data"]["train_class_counts"]
     assert counts[0] / counts[-1] == pytest.approx(20, rel=0.2)
     assert m["train"]["decoupled"]["counts_after"] == [max(counts)] * 10
@@ -189,3 +190,6 @@ def test_a_long_tailed_recipe_end_to_end(tmp_path: Path) -> None:
     assert imb["imbalance_ratio"] == pytest.approx(counts[0] / counts[-1])
     assert {"head_recall", "medium_recall", "tail_recall"} <= set(imb)
     assert m["ensemble"]["kind"] == "easy" and "balanced_accuracy" in m["ensemble"]["rows"][-1]
+    # the balanced sampler draws the mean class count of every class each epoch
+    assert imb["sampled_counts"] == [int(np.mean(counts))] * 10
+    assert "class_balance" in outcome.report_path.read_text()

@@ -17,7 +17,7 @@ same epoch and keeps every world-th index, as ``DistributedSampler`` does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -190,7 +190,7 @@ def make_sampler(
     return SAMPLERS[kind](labels, seed)
 
 
-def resample_counts(sampler: Sampler[int], labels: Sequence[int] | np.ndarray) -> list[int]:
+def resample_counts(sampler: Sampler[int], labels: Any) -> list[int]:
     """Class counts of one epoch of ``sampler`` (for the report's before/after histogram)."""
     y = _labels(labels)
     return np.bincount(y[list(iter(sampler))], minlength=int(y.max()) + 1).tolist()

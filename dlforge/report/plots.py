@@ -250,3 +250,26 @@ def latency_throughput(rows: list[dict[str, Any]]) -> bytes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
+
+
+def class_balance(imb: dict[str, Any], class_names: list[str]) -> bytes:
+    """Training counts per class (before and after re-sampling) beside test recall per class."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    x = np.arange(len(class_names))
+    after = imb.get("sampled_counts")
+    width = 0.4 if after else 0.8
+    left.bar(x - (width / 2 if after else 0), imb["train_counts"], width, label="training split")
+    if after:
+        left.bar(x + width / 2, after, width, label=f"one epoch ({imb.get('sampler')})")
+    left.set(xticks=x, xlabel="class", ylabel="samples", title="training samples per class")
+    left.set_xticklabels(class_names, fontsize=7, rotation=90 if len(x) > 12 else 0)
+    left.legend(fontsize=7)
+    colors = {"head": "C0", "medium": "C1", "tail": "C3"}
+    group_of = {c: g for g, ids in imb["groups"].items() for c in ids}
+    right.bar(x, imb["recall"], color=[colors[group_of[i]] for i in range(len(x))])
+    right.set(xticks=x, xlabel="class", ylabel="recall", ylim=(0, 1.02),
+              title="test recall (blue head, orange medium, red tail)")  # fmt: skip
+    right.set_xticklabels(class_names, fontsize=7, rotation=90 if len(x) > 12 else 0)
+    right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig)

@@ -67,6 +67,23 @@ def evaluate_section(ev: dict[str, Any], notes: list[str]) -> list[str]:
     parts.append(kv_table(ev["summary"]))
     parts.append("<h3>Per class</h3>" + html_table(ev["per_class"]))
     class_names = [row["class"] for row in ev["per_class"]]
+    imb = ev.get("imbalance")
+    if imb and (imb["imbalance_ratio"] >= 1.5 or "sampled_counts" in imb):
+        groups = {k: imb.get(f"{k}_recall") for k in ("head", "medium", "tail")}
+        parts.append(
+            f"<p>Training classes {imb['imbalance_ratio']:.3g}:1 (largest to smallest); recall "
+            + ", ".join(f"{k} {v:.3f}" for k, v in groups.items() if v is not None)
+            + f"; geometric mean of recalls {imb['geometric_mean']:.3f}.</p>"
+        )
+        parts.append(
+            safe_figure(
+                "class_balance",
+                lambda: plots.class_balance(imb, class_names),
+                "Training samples per class, as read and as the sampler (or SMOTE) feeds them "
+                "to training; test recall per class.",
+                notes,
+            )
+        )
     parts.append(
         safe_figure(
             "confusion_matrix",

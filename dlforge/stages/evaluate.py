@@ -37,6 +37,18 @@ class EvaluateStage(Stage):
             [c["recall"] for c in per_class], [c["support"] for c in per_class], train_counts
         )
         result["summary"]["geometric_mean"] = result["imbalance"]["geometric_mean"]
+        kind = ctx.recipe.data.imbalance.sampler
+        if kind is not None:  # what one epoch of the training sampler holds, per class
+            from dlforge.data.imbalance import make_sampler, resample_counts
+
+            sampler = make_sampler(kind, ctx.data.train[1], ctx.seed, ctx.recipe.train.batch_size)
+            result["imbalance"]["sampled_counts"] = resample_counts(sampler, ctx.data.train[1])
+            result["imbalance"]["sampler"] = kind
+        smote = ctx.data.notes.get("smote")
+        if smote:
+            result["imbalance"]["train_counts"] = smote["counts_before"]
+            result["imbalance"]["sampled_counts"] = smote["counts_after"]
+            result["imbalance"]["sampler"] = smote["method"]
         x, y = ctx.data.test
         device = next(ctx.model.parameters()).device
         maps = attention_examples(ctx.model, x.to(device), y, ctx.data.class_names)

@@ -90,9 +90,11 @@ def train_with(
     batch = trainer.config.batch_size
     kind = recipe.data.imbalance.sampler
     if sampler is None and kind is not None:  # over-/under-/class-balanced sampling
-        from dlforge.data.imbalance import make_sampler
+        from dlforge.data.imbalance import make_sampler, resample_counts
 
         sampler = make_sampler(kind, data.train[1], seed, batch)
+        trainer.notes["sampler"] = {"kind": kind,
+                                    "counts_after": resample_counts(sampler, data.train[1])}  # fmt: skip
     train = data.loader("train", batch, shuffle=True, generator=generator, sampler=sampler)
     if trainer.runtime.distributed:
         train = trainer.runtime.shard(train, seed)
