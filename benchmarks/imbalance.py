@@ -52,7 +52,7 @@ METHODS: dict[str, list[str]] = {
     "decoupled (SMOTE on embeddings)": [
         "train.decoupled.enabled=true",
         "train.decoupled.k_neighbors=1",
-    ],  # fmt: skip
+    ],
     "EasyEnsemble (5)": ["ensemble.enabled=true", "ensemble.kind=easy", "ensemble.members=5"],
 }
 
