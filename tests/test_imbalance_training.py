@@ -193,3 +193,18 @@ def test_a_long_tailed_recipe_end_to_end(tmp_path: Path) -> None:
     # the balanced sampler draws the mean class count of every class each epoch
     assert imb["sampled_counts"] == [int(np.mean(counts))] * 10
     assert "class_balance" in outcome.report_path.read_text()
+
+
+def test_the_imbalance_recipe_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlforge.cli import main
+
+    code = main(["run", str(ROOT / "recipes/imbalance.yaml"), "--set", f"output_dir={tmp_path}",
+                 "--set", "train.epochs=3", "--set", "train.loss.drw_epoch=2"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((tmp_path / "imbalance" / "metrics.json").read_text())
+    counts = metrics["data"]["train_class_counts"]
+    assert counts[0] / counts[-1] >= 25  # the 50:1 profile (the tail rounds to a few samples)
+    assert metrics["train"]["decoupled"]["method"] == "smote"
+    assert "class_balance" in (tmp_path / "imbalance" / "report.html").read_text()
