@@ -4,15 +4,17 @@ Routes (the README's "Serving" section has examples):
 
 - Open Inference Protocol (KServe v2, as Triton, KServe and Seldon serve it):
   ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
-  ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (JSON or binary tensors).
-- dlforge's own: ``POST /v1/predict`` (JSON ``{"inputs": ...}``, a ``.npy`` body, or PNG/JPEG
-  images), ``GET /v1/model``, ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (asynchronous),
+  ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (JSON or binary tensors),
+  and Triton's ``GET /v2/models/{name}/config`` and ``POST /v2/repository/index``.
+- dlforge's own: ``POST /v1/predict`` (JSON ``{"inputs": ...}``, a ``.npy`` body, or images
+  for models trained on image sources), ``GET /v1/model``, ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (asynchronous),
   ``GET /healthz``, ``GET /metrics`` (Prometheus).
 
 Inputs are raw, as the data source yields them: the server applies the stored normalisation.
 Concurrent requests are joined by the ``DynamicBatcher``. Load is refused early and politely:
-503 with Retry-After when the queue is full, 429 beyond a client's in-flight limit, 413 for a
-body over the size limit, 422 naming what was expected for input that does not fit.
+503 with Retry-After when the queue is full (checked before the body is read), 429 beyond a
+client's in-flight limit, 413 for a body or decoded input over its limit, 415 for a compressed
+body, 422 naming what was expected for input that does not fit.
 """
 
 from __future__ import annotations
