@@ -15,6 +15,7 @@ and the change against cross-entropy trained in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import save, table
+from common import RESULTS, save, table
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve
 
 from dlforge.evaluate.ensemble import Ensemble
@@ -31,6 +32,7 @@ from dlforge.pipeline import prepare
 from dlforge.recipe import load_recipe
 from dlforge.stages.ensemble import ensemble_members
 from dlforge.stages.train import fit
+from dlforge.train.checkpoint import atomic_write_json
 
 logging.getLogger("dlforge").setLevel(logging.ERROR)
 
@@ -91,13 +93,23 @@ def one(dataset: str, ratio: float, method: str, seed: int) -> dict[str, Any]:
     return {**scores(model, data), "seconds": time.perf_counter() - start}
 
 
+PARTIAL = RESULTS / "imbalance.partial.json"
+
+
 def imbalance_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    done: dict[str, Any] = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
     rows = []
     for dataset in args.datasets:
         for ratio in args.ratios:
             base_runs = None
             for method in args.methods:
-                runs = [one(dataset, ratio, method, s) for s in range(args.seeds)]
+                runs = []
+                for s in range(args.seeds):  # finished runs are kept: a crash loses one run
+                    key = f"{dataset}/{ratio:g}/{method}/{s}"
+                    if key not in done:
+                        done[key] = one(dataset, ratio, method, s)
+                        atomic_write_json(PARTIAL, done)
+                    runs.append(done[key])
                 if method == "cross-entropy":
                     base_runs = runs
                 row: dict[str, Any] = {"data": dataset, "ratio": ratio, "method": method}

@@ -208,3 +208,13 @@ def test_the_imbalance_recipe_from_the_cli(
     assert counts[0] / counts[-1] >= 25  # the 50:1 profile (the tail rounds to a few samples)
     assert metrics["train"]["decoupled"]["method"] == "smote"
     assert "class_balance" in (tmp_path / "imbalance" / "report.html").read_text()
+
+
+def test_decoupled_smote_copes_with_a_class_of_one(long_tailed_cnn) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    model, xt, yt = long_tailed_cnn
+    keep = torch.ones(len(yt), dtype=torch.bool)
+    keep[(yt == 9).nonzero()[1:]] = False  # class 9 down to a single sample
+    info = retrain_head(copy.deepcopy(model), xt[keep], yt[keep], 10, "smote", k_neighbors=5)
+    assert info["k_neighbors"] == 1 and len(set(info["counts_after"])) == 1

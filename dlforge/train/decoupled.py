@@ -77,6 +77,7 @@ def retrain_head(
     labels = y.cpu().numpy()
     before = np.bincount(labels, minlength=num_classes)
     if method in METHODS:
+        feats, labels, k_neighbors = _enough_neighbours(feats, labels, k_neighbors, seed)
         feats, labels = smote_features(feats, labels, method, seed, k_neighbors)
     elif method == "oversample":
         from dlforge.data.imbalance import OverSampler
@@ -116,4 +117,23 @@ def retrain_head(
         "counts_before": before.tolist(),
         "counts_after": np.bincount(labels, minlength=num_classes).tolist(),
         "epochs": epochs,
+        "k_neighbors": k_neighbors,
     }
+
+
+def _enough_neighbours(
+    feats: np.ndarray, labels: np.ndarray, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """SMOTE needs more than k samples of a class: lower k to the rarest class's count - 1,
+    and repeat the samples of a class with a single one (a long tail at ratio 100 has such
+    classes) so that it has two."""
+    counts = np.bincount(labels)
+    rarest = int(counts[counts > 0].min())
+    if rarest > k:
+        return feats, labels, k
+    if rarest == 1:
+        singles = np.flatnonzero(np.isin(labels, np.flatnonzero(counts == 1)))
+        feats = np.concatenate([feats, feats[singles]])
+        labels = np.concatenate([labels, labels[singles]])
+        rarest = 2
+    return feats, labels, rarest - 1
