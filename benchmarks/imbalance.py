@@ -19,6 +19,7 @@ import json
 import logging
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,30 @@ def tabular(seeds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def plot_recalls(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Per-class test recall of every method, a panel per dataset and ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["data"], r["ratio"]) for r in rows})
+    fig, axes = plt.subplots(len(cases), 1, figsize=(11, 3.2 * len(cases)), squeeze=False)
+    for ax, (dataset, ratio) in zip(axes[:, 0], cases):
+        part = [r for r in rows if r["data"] == dataset and r["ratio"] == ratio]
+        k = len(part[0]["recall_per_class"])
+        width = 0.8 / len(part)
+        for i, r in enumerate(part):
+            x = np.arange(k) + (i - len(part) / 2) * width
+            ax.bar(x, r["recall_per_class"], width, label=r["method"])
+        ax.set(title=f"{dataset}, ratio {ratio:g} (class 0 the head, class {k - 1} the tail)",
+               xlabel="class", ylabel="test recall", xticks=np.arange(k), ylim=(0, 1.02))  # fmt: skip
+    axes[0, 0].legend(fontsize=6, ncol=4, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
@@ -209,6 +234,7 @@ def main() -> None:
             print(f"\n{dataset} ratio {ratio:g}: best {best['method']} "
                   f"{best['balanced_accuracy']:.1f} ({best.get('balanced_accuracy_vs_ce', 0):+.1f} "
                   "points of balanced accuracy over cross-entropy)")  # fmt: skip
+    print(f"per-class recall figure: {plot_recalls(rows, RESULTS / 'imbalance_recall.png')}")
     if not args.skip_tabular:
         out["tabular"] = tab = tabular(args.seeds)
         print("\n## 1% positives (make_classification, MLP; means over seeds)\n")
