@@ -201,7 +201,7 @@ def plot_recalls(rows: list[dict[str, Any]], path: Path) -> Path:
         width = 0.8 / len(part)
         for i, r in enumerate(part):
             x = np.arange(k) + (i - len(part) / 2) * width
-            ax.bar(x, r["recall_per_class"], width, label=r["method"])
+            ax.bar(x, r["recall_per_class"], width, label=r["method"], color=plt.cm.tab20(i))
         ax.set(title=f"{dataset}, ratio {ratio:g} (class 0 the head, class {k - 1} the tail)",
                xlabel="class", ylabel="test recall", xticks=np.arange(k), ylim=(0, 1.02))  # fmt: skip
     axes[0, 0].legend(fontsize=6, ncol=4, loc="lower left")
