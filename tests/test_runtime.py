@@ -76,3 +76,28 @@ def test_torchrun_run_with_a_stage_that_trains_after_training(tmp_path: Path) ->
     assert metrics["train"]["settings"]["processes"] == 2
     assert len(metrics["ensemble"]["rows"]) == 4
     assert out.stdout.count("Wrote") == 1  # one process reports
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_class_balanced_sampler(tmp_path: Path) -> None:
+    """The imbalance samplers shard over DDP processes: each process draws the same epoch and
+    keeps its share, so the global epoch is the one-process epoch."""
+    import json
+
+    recipe = str(HERE.parent / "recipes/imbalance.yaml")
+    sets = [f"output_dir={tmp_path}", "train.epochs=2", "train.loss.drw_epoch=1",
+            "data.imbalance.sampler=balanced", "train.batch_size=60", "report.enabled=false"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "dlforge", "-q", "run", recipe, *[a for s in sets for a in ("--set", s)]],
+        timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "imbalance/metrics.json").read_text())
+    assert metrics["train"]["settings"]["processes"] == 2
+    assert metrics["evaluate"]["imbalance"]["sampler"] == "balanced"
+    counts = metrics["data"]["train_class_counts"]
+    drawn = metrics["train"]["sampler"]["counts_after"]  # one epoch: the mean count, each class
+    assert drawn == [int(sum(counts) / len(counts))] * len(counts)
+    per_rank = -(-sum(drawn) // 2)  # each process keeps half the epoch, in batches of 30
+    assert len(metrics["train"]["steps"]["lr"]) == 2 * -(-per_rank // 30)
