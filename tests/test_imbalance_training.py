@@ -218,3 +218,22 @@ def test_decoupled_smote_copes_with_a_class_of_one(long_tailed_cnn) -> None:  # 
     keep[(yt == 9).nonzero()[1:]] = False  # class 9 down to a single sample
     info = retrain_head(copy.deepcopy(model), xt[keep], yt[keep], 10, "smote", k_neighbors=5)
     assert info["k_neighbors"] == 1 and len(set(info["counts_after"])) == 1
+
+
+def test_resuming_a_finished_run_does_not_adjust_twice(tmp_path: Path) -> None:
+    from dlforge.pipeline import train
+    from dlforge.train.checkpoint import read_tensors
+
+    recipe = load_recipe(
+        ROOT / "recipes/default.yaml",
+        [f"output_dir={tmp_path}", "train.epochs=2", "data.imbalance.long_tail_ratio=10",
+         "train.decision.logit_adjust_tau=1.0", "report.enabled=false"],
+    )  # fmt: skip
+    first = train(recipe)
+    best = Path(first["model"]["checkpoint"])
+    bias = {k: v for k, v in read_tensors(best).items() if k.endswith("bias")}
+    again = train(recipe, resume=True)
+    assert again["train"]["decision"] == first["train"]["decision"]
+    for k, v in read_tensors(best).items():
+        if k in bias:
+            torch.testing.assert_close(v, bias[k], rtol=0, atol=0)

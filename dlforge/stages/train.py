@@ -109,9 +109,20 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
     cfg = recipe.train
     if not cfg.decoupled.enabled and cfg.decision == type(cfg.decision)():
         return
+    from dlforge.train.checkpoint import read_meta, save_checkpoint
     from dlforge.train.decision import decide
     from dlforge.train.decoupled import retrain_head
 
+    best = trainer.checkpoint_path("best")
+    if trainer.steps_this_fit == 0 and best is not None and best.exists():
+        # A finished run resumed: its best weights (now loaded) carry the changes already;
+        # applying them again would adjust the logits twice.
+        done = read_meta(best).get("after_training")
+        if done:
+            trainer.notes.update(done)
+            if "decision" in done:
+                data.preprocessing["decision"] = done["decision"]
+            return
     model = trainer.model
     if cfg.decoupled.enabled:
         d = cfg.decoupled
@@ -124,11 +135,9 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
     if decision:
         data.preprocessing["decision"] = decision
         trainer.notes["decision"] = decision
-    best = trainer.checkpoint_path("best")
     if best is not None and trainer.writes_files:
-        from dlforge.train.checkpoint import save_checkpoint
-
-        meta = {**trainer.meta, "preprocessing": data.preprocessing}
+        meta = {**trainer.meta, "preprocessing": data.preprocessing,
+                "after_training": dict(trainer.notes)}  # fmt: skip
         save_checkpoint(best, model, meta)
 
 
