@@ -237,3 +237,9 @@ def test_resuming_a_finished_run_does_not_adjust_twice(tmp_path: Path) -> None:
     for k, v in read_tensors(best).items():
         if k in bias:
             torch.testing.assert_close(v, bias[k], rtol=0, atol=0)
+    from dlforge.pipeline import run as run_recipe
+
+    outcome = run_recipe(recipe, resume=True)  # the model the later stages get: the adjusted one
+    for k, v in outcome.model.state_dict().items():
+        if k in bias:
+            torch.testing.assert_close(v.cpu(), bias[k], rtol=0, atol=0)

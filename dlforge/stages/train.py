@@ -119,6 +119,9 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
         # applying them again would adjust the logits twice.
         done = read_meta(best).get("after_training")
         if done:
+            from dlforge.train.checkpoint import load_weights
+
+            load_weights(best, trainer.model)  # the trainer restored its state's weights
             trainer.notes.update(done)
             if "decision" in done:
                 data.preprocessing["decision"] = done["decision"]
@@ -136,7 +139,9 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
         data.preprocessing["decision"] = decision
         trainer.notes["decision"] = decision
     if best is not None and trainer.writes_files:
-        meta = {**trainer.meta, "preprocessing": data.preprocessing,
+        # The trainer's own fields (epoch, step, metrics) stay: a resume matches them.
+        written = read_meta(best) if best.exists() else trainer.meta
+        meta = {**written, "preprocessing": data.preprocessing,
                 "after_training": dict(trainer.notes)}  # fmt: skip
         save_checkpoint(best, model, meta)
 
