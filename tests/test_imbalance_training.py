@@ -20,7 +20,7 @@ from dlforge.data.smote import smote_features
 from dlforge.deploy import Session
 from dlforge.evaluate.imbalance import geometric_mean, groups, imbalance_report
 from dlforge.models import create_model
-from dlforge.pipeline import run
+from dlforge.pipeline import prepare, run
 from dlforge.recipe import load_recipe
 from dlforge.train import OptimizerConfig, TrainConfig, Trainer
 from dlforge.train.decision import choose_threshold, fold_logit_adjustment
@@ -156,6 +156,8 @@ def test_binary_threshold_travels_to_the_session(tmp_path: Path) -> None:
     outcome = run(recipe)
     decision = outcome.metrics["train"]["decision"]
     assert 0 < decision["threshold"] < 1 and decision["metric"] == "f1"
+    at = outcome.metrics["evaluate"]["decision"]  # the test metrics at the threshold
+    assert at["threshold"] == decision["threshold"] and 0 <= at["f1"] <= 1
     pre = json.loads((outcome.run_dir / "deploy" / "preprocessing.json").read_text())
     assert pre["decision"]["threshold"] == decision["threshold"]
     from dlforge.train.checkpoint import read_meta
@@ -243,3 +245,16 @@ def test_resuming_a_finished_run_does_not_adjust_twice(tmp_path: Path) -> None:
     for k, v in outcome.model.state_dict().items():
         if k in bias:
             torch.testing.assert_close(v.cpu(), bias[k], rtol=0, atol=0)
+
+
+def test_a_fold_or_member_does_not_set_the_runs_decision() -> None:
+    from dlforge.stages.train import fit as fit_member
+
+    recipe = load_recipe(None, ["data.source=synthetic", "data.synthetic.n_classes=2",
+                                "data.synthetic.weights=[0.9,0.1]", "model.name=mlp",
+                                "train.epochs=2", "train.progress=false",
+                                "train.decision.threshold=f1"])  # fmt: skip
+    data, model = prepare(recipe)
+    trainer = fit_member(recipe, data, model)  # writes nothing: a fold's or a member's training
+    assert "threshold" in trainer.notes["decision"]
+    assert "decision" not in data.preprocessing

@@ -65,6 +65,11 @@ def evaluate_section(ev: dict[str, Any], notes: list[str]) -> list[str]:
     parts: list[str] = []
     parts.append(f"<h2>Metrics ({html.escape(ev['split'])} split, {ev['n_samples']} samples)</h2>")
     parts.append(kv_table(ev["summary"]))
+    if "decision" in ev:  # what the deployed model predicts
+        parts.append(
+            "<h3>At the decision threshold chosen on the validation split</h3>"
+            + kv_table(ev["decision"])
+        )
     parts.append("<h3>Per class</h3>" + html_table(ev["per_class"]))
     class_names = [row["class"] for row in ev["per_class"]]
     imb = ev.get("imbalance")

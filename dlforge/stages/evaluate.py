@@ -7,6 +7,29 @@ from typing import Any
 from dlforge.stages.base import RunContext, Stage
 
 
+def thresholded_scores(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics of the binary decision at the stored threshold."""
+    import torch
+    from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+
+    from dlforge.evaluate.thresholds import apply_threshold
+
+    x, y = ctx.data.test
+    device = next(ctx.model.parameters()).device
+    with torch.no_grad():
+        proba = torch.softmax(ctx.model.eval()(x.to(device)).float(), 1).cpu().numpy()
+    pred, labels = apply_threshold(proba, decision), y.numpy()
+    return {
+        "threshold": decision["threshold"],
+        "chosen_for": decision.get("metric"),
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "precision": float(precision_score(labels, pred, zero_division=0)),
+        "recall": float(recall_score(labels, pred, zero_division=0)),
+        "f1": float(f1_score(labels, pred, zero_division=0)),
+    }
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
     title = "Metrics"
@@ -44,6 +67,9 @@ class EvaluateStage(Stage):
             sampler = make_sampler(kind, ctx.data.train[1], ctx.seed, ctx.recipe.train.batch_size)
             result["imbalance"]["sampled_counts"] = resample_counts(sampler, ctx.data.train[1])
             result["imbalance"]["sampler"] = kind
+        decision = ctx.data.preprocessing.get("decision") or {}
+        if "threshold" in decision:  # what the deployed model predicts: the threshold, not argmax
+            result["decision"] = thresholded_scores(ctx, decision)
         smote = ctx.data.notes.get("smote")
         if smote:
             result["imbalance"]["train_counts"] = smote["counts_before"]

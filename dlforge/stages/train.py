@@ -136,8 +136,9 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
         )  # fmt: skip
     decision = decide(model, data, cfg.decision)
     if decision:
-        data.preprocessing["decision"] = decision
         trainer.notes["decision"] = decision
+        if trainer.out_dir is not None:  # the run's model (not a fold's or a member's) deploys it
+            data.preprocessing["decision"] = decision
     if best is not None and trainer.writes_files:
         # The trainer's own fields (epoch, step, metrics) stay: a resume matches them.
         written = read_meta(best) if best.exists() else trainer.meta
