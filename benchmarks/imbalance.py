@@ -168,7 +168,7 @@ def tabular(seeds: int) -> list[dict[str, Any]]:
             with torch.no_grad():
                 proba = torch.softmax(trainer.model.eval()(x), 1)[:, 1].numpy()
             labels = y.numpy()
-            decision = data.preprocessing.get("decision") or {}
+            decision = trainer.notes.get("decision") or {}
             pred = proba >= decision.get("threshold", 0.5)
             runs.append({
                 "average_precision": average_precision_score(labels, proba),

@@ -133,3 +133,36 @@ def test_logit_adjustment_as_loss_and_post_hoc() -> None:
     torch.testing.assert_close(adjust_logits(z, COUNTS, 0.0), z)
     flat = torch.zeros(1, 4)  # no evidence: the adjusted prediction is the rarest class
     assert adjust_logits(flat, COUNTS).argmax().item() == 3
+
+
+def test_ldam_validates_with_plain_cross_entropy() -> None:
+    """A monitored val_loss must compare epochs before and after DRW on one scale."""
+    import contextlib
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(3, 4).eval()
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    trainer = SimpleNamespace(epoch=5, to_device=lambda b: b,
+                              precision=SimpleNamespace(autocast=contextlib.nullcontext))  # fmt: skip
+    step = ClassificationStep(loss_fn=LDAMLoss(COUNTS, drw_epoch=2))
+    out = step(model, (x, y), trainer)  # type: ignore[arg-type]
+    with torch.no_grad():
+        torch.testing.assert_close(out.loss, F.cross_entropy(model(x), y))
+
+
+def test_losses_that_take_class_ids_refuse_soft_targets_and_smoothing() -> None:
+    from dlforge.data import DataConfig, load_data
+    from dlforge.recipe import load_recipe
+    from dlforge.stages.train import make_step
+
+    data = load_data(DataConfig(source="digits"), seed=0)
+    with pytest.raises(ConfigError, match="mixup/cutmix make soft targets"):
+        make_step(
+            load_recipe(None, ["train.loss.name=focal", "data.augment.mix.mixup_alpha=0.2"]), data
+        )
+    with pytest.raises(ConfigError, match="has no label smoothing"):
+        make_step(load_recipe(None, ["train.loss.name=ldam", "train.label_smoothing=0.1"]), data)
+    step = make_step(
+        load_recipe(None, ["train.loss.name=weighted", "train.label_smoothing=0.1"]), data
+    )
+    assert step.loss_fn.label_smoothing == 0.1  # type: ignore[union-attr]

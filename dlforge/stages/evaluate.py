@@ -55,6 +55,9 @@ class EvaluateStage(Stage):
         from dlforge.evaluate.imbalance import imbalance_report
 
         train_counts = np.bincount(ctx.data.train[1].numpy(), minlength=ctx.data.num_classes)
+        smote = ctx.data.notes.get("smote")
+        if smote:  # the groups and the ratio are those of the data as read, before SMOTE
+            train_counts = np.asarray(smote["counts_before"])
         per_class = result["per_class"]
         result["imbalance"] = imbalance_report(
             [c["recall"] for c in per_class], [c["support"] for c in per_class], train_counts
@@ -70,9 +73,7 @@ class EvaluateStage(Stage):
         decision = ctx.data.preprocessing.get("decision") or {}
         if "threshold" in decision:  # what the deployed model predicts: the threshold, not argmax
             result["decision"] = thresholded_scores(ctx, decision)
-        smote = ctx.data.notes.get("smote")
         if smote:
-            result["imbalance"]["train_counts"] = smote["counts_before"]
             result["imbalance"]["sampled_counts"] = smote["counts_after"]
             result["imbalance"]["sampler"] = smote["method"]
         x, y = ctx.data.test

@@ -7,9 +7,12 @@ sharding of the training data over processes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+log = logging.getLogger("dlforge.train")
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,12 +38,29 @@ def make_model(recipe: Recipe, data: DataBundle, seed: int | None = None) -> nn.
 
 def make_step(recipe: Recipe, data: DataBundle) -> Step:
     """Classification with the recipe's label smoothing and, when configured, augmentation."""
+    from dlforge.config import ConfigError
     from dlforge.data.augment import BatchAugment
     from dlforge.train import ClassificationStep
     from dlforge.train.losses import class_counts, make_loss
 
     augment = BatchAugment(recipe.data.augment, data.num_classes)
-    loss = make_loss(recipe.train.loss, class_counts(data.train[1], data.num_classes))
+    name = recipe.train.loss.name
+    mixes = recipe.data.augment.mix.mixup_alpha > 0 or recipe.data.augment.mix.cutmix_alpha > 0
+    if name not in ("cross_entropy", "weighted") and mixes:
+        raise ConfigError(
+            f"train.loss.name '{name}' takes class ids; mixup/cutmix make soft targets: switch "
+            "one of them off", "train.loss.name",
+        )  # fmt: skip
+    if name not in ("cross_entropy", "weighted") and recipe.train.label_smoothing:
+        raise ConfigError(
+            f"train.loss.name '{name}' has no label smoothing; set train.label_smoothing to 0",
+            "train.label_smoothing",
+        )
+    loss = make_loss(
+        recipe.train.loss,
+        class_counts(data.train[1], data.num_classes),
+        recipe.train.label_smoothing,
+    )
     return ClassificationStep(
         loss_fn=loss,
         label_smoothing=recipe.train.label_smoothing,
@@ -126,6 +146,13 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
             if "decision" in done:
                 data.preprocessing["decision"] = done["decision"]
             return
+    rebalanced = (cfg.decoupled.enabled or recipe.data.imbalance.sampler is not None
+                  or recipe.data.imbalance.smote is not None or cfg.loss.name != "cross_entropy")  # fmt: skip
+    if cfg.decision.logit_adjust_tau is not None and rebalanced:
+        log.warning(
+            "post-hoc logit adjustment assumes a model trained with plain cross-entropy on the "
+            "imbalanced data; this one was re-balanced already, so it will over-correct"
+        )
     model = trainer.model
     if cfg.decoupled.enabled:
         d = cfg.decoupled
@@ -139,8 +166,9 @@ def after_training(trainer: Trainer, recipe: Recipe, data: DataBundle, seed: int
         trainer.notes["decision"] = decision
         if trainer.out_dir is not None:  # the run's model (not a fold's or a member's) deploys it
             data.preprocessing["decision"] = decision
-    if best is not None and trainer.writes_files:
-        # The trainer's own fields (epoch, step, metrics) stay: a resume matches them.
+    if best is not None and trainer.writes_files and trainer.config.restore_best:
+        # The model holds the best weights (restore_best): they go back with the changes. The
+        # trainer's own fields (epoch, step, metrics) stay: a resume matches them.
         written = read_meta(best) if best.exists() else trainer.meta
         meta = {**written, "preprocessing": data.preprocessing,
                 "after_training": dict(trainer.notes)}  # fmt: skip

@@ -158,6 +158,9 @@ class LDAMLoss(nn.Module):
 
     margins: torch.Tensor
     drw_weight: torch.Tensor
+    # Validation uses plain cross-entropy: the re-weighted loss from drw_epoch on is another
+    # scale, and a monitored val_loss would never pick a re-weighted epoch as the best.
+    validate_plain = True
 
     def __init__(
         self,
@@ -220,13 +223,15 @@ def adjust_logits(
     return z - tau * log_priors(counts).to(z.device)
 
 
-def make_loss(cfg: LossConfig, counts: Sequence[int] | np.ndarray) -> nn.Module | None:
+def make_loss(
+    cfg: LossConfig, counts: Sequence[int] | np.ndarray, label_smoothing: float = 0.0
+) -> nn.Module | None:
     """The loss a recipe's ``train.loss`` names, for these training class counts (None: the
     step's own cross-entropy, with label smoothing)."""
     if cfg.name == "cross_entropy":
         return None
     if cfg.name == "weighted":
-        return WeightedCrossEntropy(class_weights(counts, cfg.weights, cfg.beta))
+        return WeightedCrossEntropy(class_weights(counts, cfg.weights, cfg.beta), label_smoothing)
     if cfg.name == "focal":
         alpha = class_weights(counts, cfg.weights, cfg.beta) if cfg.focal_weights else None
         return FocalLoss(cfg.gamma, alpha)
