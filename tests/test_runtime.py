@@ -24,6 +24,17 @@ def torchrun(*args: str, check: bool = True) -> None:
     assert not check or out.returncode == 0, out.stderr[-3000:]
 
 
+def dlforge_run_under_torchrun(recipe: str, sets: list[str]) -> subprocess.CompletedProcess[str]:
+    """``dlforge run RECIPE --set ...`` as 2 gloo processes; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "dlforge", "-q", "run", recipe, *[a for s in sets for a in ("--set", s)]],
+        timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     target = str(HERE / "ddp_target.py")
@@ -66,12 +77,7 @@ def test_torchrun_run_with_a_stage_that_trains_after_training(tmp_path: Path) ->
     recipe = str(HERE.parent / "recipes/default.yaml")
     sets = [f"output_dir={tmp_path}", "train.epochs=2", "ensemble.enabled=true",
             "ensemble.members=2", "ensemble.bench=false", "report.enabled=false"]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "dlforge", "-q", "run", recipe, *[a for s in sets for a in ("--set", s)]],
-        timeout=600, capture_output=True, text=True,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = dlforge_run_under_torchrun(recipe, sets)
     metrics = json.loads((tmp_path / "default/metrics.json").read_text())
     assert metrics["train"]["settings"]["processes"] == 2
     assert len(metrics["ensemble"]["rows"]) == 4
@@ -87,12 +93,7 @@ def test_torchrun_with_a_class_balanced_sampler(tmp_path: Path) -> None:
     recipe = str(HERE.parent / "recipes/imbalance.yaml")
     sets = [f"output_dir={tmp_path}", "train.epochs=2", "train.loss.drw_epoch=1",
             "data.imbalance.sampler=balanced", "train.batch_size=60", "report.enabled=false"]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "dlforge", "-q", "run", recipe, *[a for s in sets for a in ("--set", s)]],
-        timeout=600, capture_output=True, text=True,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    dlforge_run_under_torchrun(recipe, sets)
     metrics = json.loads((tmp_path / "imbalance/metrics.json").read_text())
     assert metrics["train"]["settings"]["processes"] == 2
     assert metrics["evaluate"]["imbalance"]["sampler"] == "balanced"

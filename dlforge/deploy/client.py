@@ -54,6 +54,21 @@ def _retry_after(response: Any) -> float:
         return 1.0
 
 
+def _finished(
+    state: dict[str, Any], job_id: str, deadline: float, timeout: float
+) -> dict[str, Any] | None:
+    """A job's result once done (None while pending); ServerError if it failed, TimeoutError
+    past the deadline."""
+    if state["status"] == "done":
+        result: dict[str, Any] = state["result"]
+        return result
+    if state["status"] == "failed":
+        raise ServerError(500, state.get("error", "the job failed"))
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"job {job_id} not done after {timeout} s")
+    return None
+
+
 NPY = {"content-type": "application/x-npy"}
 BUSY = (429, 503)
 
@@ -100,13 +115,9 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             state = self.job(job_id)
-            if state["status"] == "done":
-                result: dict[str, Any] = state["result"]
+            result = _finished(state, job_id, deadline, timeout)
+            if result is not None:
                 return result
-            if state["status"] == "failed":
-                raise ServerError(500, state.get("error", "the job failed"))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} not done after {timeout} s")
             time.sleep(poll_s)
 
     def close(self) -> None:
@@ -149,13 +160,9 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             state = await self.ajob(job_id)
-            if state["status"] == "done":
-                result: dict[str, Any] = state["result"]
+            result = _finished(state, job_id, deadline, timeout)
+            if result is not None:
                 return result
-            if state["status"] == "failed":
-                raise ServerError(500, state.get("error", "the job failed"))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} not done after {timeout} s")
             await asyncio.sleep(poll_s)
 
     async def aclose(self) -> None:
