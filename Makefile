@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build on this machine's disk, never an unpinned CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The attacks' reference in the tests; it names torchvision as a dependency, which cannot sit
+	# beside the CPU torch cleanly, and it runs without it.
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 install: $(STAMP)

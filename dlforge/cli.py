@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None, help="read the same kind of data from here")
     p.add_argument("--out", default=None, help="write the metrics JSON here")
 
+    p = sub.add_parser(
+        "attack", help="robustness of a checkpoint: attacks over ε, corruptions, sanity checks"
+    )
+    _checkpoint_arg(p)
+    p.add_argument(
+        "--attacks", default=None, help="comma-separated: fgsm,pgd,pgd_l2,cw,deepfool,square"
+    )
+    p.add_argument("--eps", default=None, help="comma-separated L∞ budgets in input units")
+    p.add_argument("--samples", type=int, default=None, help="test samples attacked (0: all)")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    _set_option(p, "robust.steps=40")
+
     p = sub.add_parser("quantize", help="int8 PTQ of a checkpoint, exported to ONNX (QDQ)")
     _checkpoint_arg(p)
     _set_option(p, "quantize settings, e.g. --set quantize.observer=mse")
@@ -269,6 +281,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _section("Metrics", get_stage("evaluate").summary(result))
         _wrote([args.out])
+        return 0
+    if args.command == "attack":
+        overrides = list(args.overrides)
+        for flag in ("attacks", "eps"):
+            value = getattr(args, flag)
+            if value is not None:
+                items = [v.strip() for v in value.split(",") if v.strip()]
+                overrides.append(f"robust.{flag}=[{','.join(items)}]")
+        if args.samples is not None:
+            overrides.append(f"robust.samples={args.samples}")
+        result = pipeline.attack_checkpoint(args.checkpoint, overrides, args.out, args.trust_code)
+        from dlforge.stages import get_stage
+
+        _section("Robustness", get_stage("robust").summary(result))
+        _wrote([args.out or pipeline.robust_path(args.checkpoint)])
         return 0
     if args.command == "quantize":
         result = pipeline.quantize_checkpoint(

@@ -42,6 +42,7 @@ from dlforge.stages.bench import bench_stage
 from dlforge.stages.compress import compress_stage
 from dlforge.stages.crossval import cross_validate
 from dlforge.stages.quantize import quantize_stage
+from dlforge.stages.robust import compare_probe
 from dlforge.stages.train import make_model, make_trainer, train_with
 from dlforge.train import Trainer, atomic_write_json, atomic_write_text, seed_everything
 from dlforge.train.checkpoint import remove_stray_temps
@@ -388,6 +389,11 @@ def compress_dir(checkpoint: str | Path) -> Path:
     return _run_dir_of(checkpoint) / "compress"
 
 
+def robust_path(checkpoint: str | Path) -> Path:
+    """Where ``dlforge attack`` writes for a checkpoint: its run folder's ``robust.json``."""
+    return _run_dir_of(checkpoint) / "robust.json"
+
+
 def _guarded(
     stage: str, checkpoint: str | Path, work: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -412,7 +418,9 @@ def quantize_checkpoint(
     out_dir = Path(out) if out else _run_dir_of(path) / "deploy"
     result: dict[str, Any] = {"checkpoint": str(path)}
     result["quantize"] = _guarded(
-        "quantize", path, lambda: quantize_stage(model, data, recipe.quantize, out_dir)
+        "quantize",
+        path,
+        lambda: quantize_stage(model, data, recipe.quantize, out_dir, compare_probe(recipe, data)),
     )
     if bench:
         files = {k: Path(v) for k, v in result["quantize"]["files"].items()}
@@ -477,9 +485,31 @@ def compress_checkpoint(
         "compress",
         path,
         lambda: compress_stage(
-            model, data, recipe.compress, out_dir, recipe.model.name, recipe.model.kwargs
+            model,
+            data,
+            recipe.compress,
+            out_dir,
+            recipe.model.name,
+            recipe.model.kwargs,
+            compare_probe(recipe, data),
         ),
     )
     atomic_write_json(out_dir / "compress.json", result)
     _merge_into_run(path, {"compress": result})
+    return result
+
+
+def attack_checkpoint(
+    path: str | Path, overrides: list[str], out: str | None = None, trust_code: bool = False
+) -> dict[str, Any]:
+    """The robust stage on a checkpoint (attacks, corruptions, sanity checks) with its own data;
+    writes ``robust.json`` into the run folder (or ``out``) and merges into its report."""
+    ck = open_checkpoint(path, ["robust.enabled=true", *overrides], trust_code)
+    from dlforge.robust.suite import robustness_report
+
+    cfg, seed = ck.recipe.robust, ck.recipe.seed
+    result = _guarded("robust", path, lambda: robustness_report(ck.model, ck.data, cfg, seed))
+    result["checkpoint"] = str(path)
+    atomic_write_json(Path(out) if out else robust_path(path), result)
+    _merge_into_run(path, {"robust": result})
     return result

@@ -18,6 +18,7 @@ from dlforge.config import Config, ConfigError, from_dict, set_path, to_dict
 from dlforge.data.config import DataConfig
 from dlforge.evaluate.config import CrossValConfig, EnsembleConfig, EvalConfig
 from dlforge.models.config import SEARCH_DIRS, ModelConfig
+from dlforge.robust.config import RobustConfig
 from dlforge.stages.bench import BenchStageConfig
 from dlforge.stages.compress import CompressConfig
 from dlforge.stages.quantize import QuantizeStageConfig
@@ -41,6 +42,7 @@ class Recipe(Config):
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     crossval: CrossValConfig = field(default_factory=CrossValConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
     bench: BenchStageConfig = field(default_factory=BenchStageConfig)

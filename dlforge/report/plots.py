@@ -273,3 +273,117 @@ def class_balance(imb: dict[str, Any], class_names: list[str]) -> bytes:
     right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return to_png(fig)
+
+
+# Attack keys of the robust stage -> names as papers print them.
+ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD L∞", "pgd_l2": "PGD L2", "square": "Square L∞",
+                "cw": "CW-L2", "deepfool": "DeepFool L2"}  # fmt: skip
+
+
+def attack_name(key: str) -> str:
+    return ATTACK_NAMES.get(key, key)
+
+
+def robustness_curves(curves: dict[str, Any], clean: float | None = None) -> bytes:
+    """Robust accuracy against the budget ε, one panel per norm (L∞, L2; an empty one left
+    out), one line per attack; the clean accuracy as a star at ε = 0."""
+    panels = [(norm, title, {k: c for k, c in curves.items() if c.get("norm") == norm})
+              for norm, title in (("linf", "L∞ attacks"), ("l2", "L2 attacks"))]  # fmt: skip
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        raise ValueError("no L∞ or L2 curve to draw")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (norm, title, part) in zip(axes[0], panels):
+        for key, c in part.items():
+            ax.plot(c["eps"], c["accuracy"], marker="o", ms=4, lw=1.3, label=attack_name(key))
+        if clean is not None:
+            ax.plot([0], [clean], "k*", ms=11, zorder=5, label=f"clean ({clean:.3f})")
+        unit = "L∞" if norm == "linf" else "L2"
+        ax.set(xlabel=f"ε ({unit} budget, input units)", ylabel="robust accuracy", title=title,
+               ylim=(-0.02, 1.02))  # fmt: skip
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def corruption_curves(corruptions: dict[str, Any]) -> bytes:
+    """Accuracy against severity (0 = clean, 1-5), one line per corruption."""
+    if not corruptions:
+        raise ValueError("no corruption to draw")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, c in corruptions.items():
+        ax.plot(c["severity"], c["accuracy"], marker="o", ms=4, lw=1.3,
+                label=name.replace("_", " "))  # fmt: skip
+    ax.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(-0.02, 1.02),
+           title="accuracy under common corruptions", xticks=range(6))  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return to_png(fig)
+
+
+def _image_of(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """An input (C, H, W) as imshow takes it: RGB (H, W, 3) scaled to [0, 1], or channel 0
+    in grey between ``lo`` and ``hi``."""
+    if x.shape[0] == 3:
+        rgb = np.transpose(x, (1, 2, 0))
+        return np.clip((rgb - lo) / ((hi - lo) or 1.0), 0.0, 1.0), {}
+    return x[0], {"cmap": "gray", "vmin": lo, "vmax": hi}
+
+
+def adversarial_examples(
+    examples: list[dict[str, Any]], lo: float | None = None, hi: float | None = None
+) -> bytes:
+    """Clean inputs beside their adversarial versions. Images (C, H, W): clean and adversarial
+    side by side, drawn on the same scale (``lo``..``hi``, the valid range, when given);
+    signals (C, L) or (L,): clean (solid) and adversarial (dashed) overlaid in one panel."""
+    if not examples:
+        raise ValueError("no example pair to draw")
+    first = np.asarray(examples[0]["clean"], dtype=float)
+    image = first.ndim == 3
+    per_pair = 2 if image else 1
+    pairs_per_row = min(len(examples), 4 if image else 3)
+    rows = -(-len(examples) // pairs_per_row)
+    cols = pairs_per_row * per_pair
+    size = (2.0 * cols, 2.4 * rows) if image else (4.2 * cols, 2.8 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ex in enumerate(examples):
+        clean = np.asarray(ex["clean"], dtype=float)
+        adv = np.asarray(ex["adversarial"], dtype=float)
+        row, col = divmod(i, pairs_per_row)
+        title = f"label {ex['label']}: {ex['clean_prediction']} → {ex['adversarial_prediction']}"
+        linf = ex.get("linf")
+        if image:
+            a = lo if lo is not None else float(min(clean.min(), adv.min()))
+            b = hi if hi is not None else float(max(clean.max(), adv.max()))
+            left, right = axes[row][2 * col], axes[row][2 * col + 1]
+            for ax, x in ((left, clean), (right, adv)):
+                shown, style = _image_of(x, a, b)
+                ax.imshow(shown, **style)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.axis("on")
+            left.set_title(title, fontsize=8, loc="left")
+            left.set_xlabel("clean", fontsize=8)
+            right.set_xlabel("adversarial" + (f" (L∞ {linf:.3g})" if linf is not None else ""),
+                             fontsize=8)  # fmt: skip
+        else:
+            ax = axes[row][col]
+            ax.axis("on")
+            c2, a2 = clean.reshape(-1, clean.shape[-1]), adv.reshape(-1, adv.shape[-1])
+            for ch in range(min(len(c2), 3)):
+                tag = f" ch{ch}" if len(c2) > 1 else ""
+                ax.plot(c2[ch], color=f"C{ch}", lw=1.2, label=f"clean{tag}")
+                ax.plot(a2[ch], color=f"C{ch}", lw=1.0, ls="--", alpha=0.9,
+                        label=f"adversarial{tag}")  # fmt: skip
+            extra = f" (L∞ {linf:.3g})" if linf is not None else ""
+            ax.set_title(title + extra, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return to_png(fig)

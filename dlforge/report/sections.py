@@ -12,14 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 from dlforge.report import plots
-from dlforge.report.tables import BENCH_COLUMNS, html_table, kv_table
+from dlforge.report.tables import BENCH_COLUMNS, fmt, html_table, kv_table
 
-COMPRESS_COLUMNS = ["variant", "accuracy", "accuracy_drop_points", "params", "nonzero_params",
-                    "macs", "stored_bytes", "compression_x", "latency_p50_ms", "throughput_b64",
-                    "throughput_x"]  # fmt: skip
+COMPRESS_COLUMNS = ["variant", "accuracy", "accuracy_drop_points", "pgd_accuracy",
+                    "transfer_accuracy", "params", "nonzero_params", "macs", "stored_bytes",
+                    "compression_x", "latency_p50_ms", "throughput_b64", "throughput_x"]  # fmt: skip
+QUANT_ROBUST_COLUMNS = ["variant", "clean_accuracy", "pgd_accuracy", "transfer_accuracy",
+                        "square_accuracy"]  # fmt: skip
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                  "samples_per_s", "epoch_time_s", "skipped_batches"]  # fmt: skip
 INFO_EVENTS = ("resumed", "nothing to resume")  # events that are news, not trouble
+
+
+def _num(value: Any) -> str:
+    """A budget or bound as written in prose: 0.1, 1, 8.5e-05; '?' when missing."""
+    return f"{value:g}" if isinstance(value, int | float) else "?"
 
 
 def _event_class(event: str) -> str:
@@ -200,6 +207,14 @@ def compress_section(title: str, cz: dict[str, Any], notes: list[str]) -> list[s
     parts: list[str] = []
     parts.append(f"<h2>{html.escape(title)}</h2>")
     parts.append(html_table(cz["rows"], COMPRESS_COLUMNS))
+    rb = cz.get("robust")
+    if rb:
+        parts.append(
+            f"<p class='muted'>Robust accuracy under PGD-{rb.get('steps', '?')} L∞ at "
+            f"ε={_num(rb.get('eps'))} (input units) on {rb.get('samples', '?')} test samples: "
+            "white-box on each variant's own gradients, and transfer from the uncompressed "
+            "baseline.</p>"
+        )
     parts.append(
         safe_figure(
             "pareto",
@@ -325,6 +340,19 @@ def quantize_section(title: str, qz: dict[str, Any], notes: list[str]) -> list[s
                 }
             )
         )
+    rb = qz.get("robust")
+    if rb:
+        parts.append("<h3>Robustness of the int8 model</h3>")
+        square = rb.get("square_queries")
+        parts.append(
+            f"<p>Accuracy on {rb.get('samples', '?')} test samples under L∞ attacks at "
+            f"ε={_num(rb.get('eps'))} (input units): white-box PGD-{rb.get('steps', '?')} where "
+            "gradients exist (PyTorch); ONNX Runtime has none, so its models meet adversarial "
+            "inputs transferred from the fp32 PyTorch model and the black-box Square attack"
+            + (f" ({square:,} queries)" if isinstance(square, int) else "")
+            + ".</p>"
+        )
+        parts.append(html_table(rb.get("rows", []), QUANT_ROBUST_COLUMNS))
     return parts
 
 
@@ -417,4 +445,139 @@ def serve_section(title: str, serve: dict[str, Any], notes: list[str]) -> list[s
             notes,
         )
     )
+    return parts
+
+
+def _range_text(space: dict[str, Any]) -> str:
+    lo, hi = space.get("lo"), space.get("hi")
+    if lo is None and hi is None:
+        return "unbounded (no valid range: perturbed inputs are not clipped)"
+    return f"[{_num(lo) if lo is not None else '−∞'}, {_num(hi) if hi is not None else '∞'}]"
+
+
+def _attack_settings_text(settings: dict[str, Any], attacks: set[str]) -> str:
+    """The settings of the attacks that ran, in words."""
+    parts = []
+    if attacks & {"pgd", "pgd_l2"} and "steps" in settings:
+        restarts = settings.get("restarts", 1)
+        parts.append(f"PGD {settings['steps']} steps, {restarts} "
+                     f"restart{'s' if restarts != 1 else ''}")  # fmt: skip
+    if "cw" in attacks and "cw_steps" in settings:
+        parts.append(f"CW-L2 {settings['cw_steps']} steps")
+    if "square" in attacks and "square_queries" in settings:
+        parts.append(f"Square {settings['square_queries']:,} queries")
+    return "; ".join(parts)
+
+
+def _sanity_table(checks: list[dict[str, Any]], large: dict[str, Any] | None) -> str:
+    """The gradient-masking checks: each one's name, pass or FAIL (in red) and detail; the
+    accuracy at a large budget as the last row."""
+    rows = []
+    for c in checks:
+        passed = bool(c.get("passed"))
+        result = "<td>pass</td>" if passed else "<td class='flag'>FAIL</td>"
+        rows.append(f"<tr><td>{html.escape(str(c.get('check', '')))}</td>{result}"
+                    f"<td>{html.escape(str(c.get('detail', '')))}</td></tr>")  # fmt: skip
+    if large and "accuracy" in large:
+        rows.append(
+            f"<tr><td>PGD L∞ accuracy at a large ε={html.escape(_num(large.get('eps')))}</td>"
+            f"<td>{html.escape(fmt(float(large['accuracy'])))}</td>"
+            "<td>should be near zero; accuracy that stays high here suggests gradient masking"
+            "</td></tr>"
+        )
+    if not rows:
+        return "<p class='muted'>none</p>"
+    head = "<tr><th>check</th><th>result</th><th>detail</th></tr>"
+    return f"<div class='table'><table>{head}{''.join(rows)}</table></div>"
+
+
+def _is_image(example: dict[str, Any]) -> bool:
+    """Whether an example's input nests three deep (C, H, W) rather than a signal's (C, L)."""
+    depth, x = 0, example.get("clean")
+    while isinstance(x, list) and x:
+        depth, x = depth + 1, x[0]
+    return depth == 3
+
+
+def robust_section(title: str, result: dict[str, Any], notes: list[str]) -> list[str]:
+    """Robust accuracy against the budget per attack, the gradient-masking sanity checks,
+    the minimal attacks' distances, common corruptions and clean/adversarial pairs."""
+    parts = [f"<h2>{html.escape(title)}</h2>"]
+    curves: dict[str, Any] = result.get("curves") or {}
+    space: dict[str, Any] = result.get("space") or {}
+    clean = result.get("clean_accuracy")
+    units = (
+        "in input units before normalisation"
+        if space.get("normalised")
+        else "in the model's input units"
+    )
+    text = (
+        f"Clean accuracy {fmt(clean)} on {result.get('samples', '?')} test samples."
+        if isinstance(clean, int | float)
+        else f"{result.get('samples', '?')} test samples."
+    )
+    text += f" Budgets ε are {units}; valid range {_range_text(space)}."
+    settings = _attack_settings_text(result.get("settings") or {}, set(curves))
+    if settings:
+        text += f" Attacks: {settings}."
+    parts.append(f"<p>{html.escape(text)}</p>")
+    if curves:
+        norms = {c.get("norm") for c in curves.values()}
+        panels = ("L∞ attacks (left) and L2 attacks (right)" if {"linf", "l2"} <= norms
+                  else "L∞ attacks" if "linf" in norms else "L2 attacks")  # fmt: skip
+        parts.append(
+            safe_figure(
+                "robustness_curves",
+                lambda: plots.robustness_curves(curves, clean),
+                f"Robust accuracy against the budget ε: {panels}, one line per attack; the "
+                "star is the clean accuracy at ε = 0.",
+                notes,
+            )
+        )
+    else:
+        parts.append("<p class='muted'>no attack curves</p>")
+    if result.get("sanity") or result.get("large_eps"):
+        parts.append(
+            "<h3>Sanity checks against gradient masking</h3>"
+            + _sanity_table(result.get("sanity") or [], result.get("large_eps"))
+        )
+    minimal = [
+        {"attack": plots.attack_name(k), "median_distance": c.get("median_distance"),
+         "found": c.get("found")}
+        for k, c in curves.items() if "median_distance" in c or "found" in c
+    ]  # fmt: skip
+    if minimal:
+        for row in minimal:
+            if row["median_distance"] is None:
+                row["median_distance"] = "none found"
+        parts.append(
+            "<h3>Minimal attacks</h3>"
+            + html_table(minimal, ["attack", "median_distance", "found"])
+            + "<p class='muted'>Median L2 distance (input units) of the adversarial inputs "
+            "found, and the share of samples for which one was found.</p>"
+        )
+    corruptions = result.get("corruptions")
+    if corruptions:
+        parts.append(
+            safe_figure(
+                "corruption_curves",
+                lambda: plots.corruption_curves(corruptions),
+                "Accuracy under common corruptions at severities 1-5 (0 is the clean input).",
+                notes,
+            )
+        )
+    examples = result.get("examples") or []
+    if examples:
+        lo, hi = space.get("lo"), space.get("hi")
+        style = "clean left, adversarial right" if _is_image(examples[0]) else "adversarial dashed"
+        parts.append(
+            safe_figure(
+                "adversarial_examples",
+                lambda: plots.adversarial_examples(examples, lo, hi),
+                "Test inputs the model gets right and their PGD L∞ adversarial versions at "
+                f"ε={_num(result.get('compare_eps'))} ({style}); titles read "
+                "'label: clean prediction → adversarial prediction'.",
+                notes,
+            )
+        )
     return parts

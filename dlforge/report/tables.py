@@ -45,6 +45,12 @@ LABELS: dict[str, str] = {
     "lr": "learning rate",
     "samples_per_s": "samples/s",
     "epoch_time_s": "epoch (s)",
+    "clean_accuracy": "clean accuracy",
+    "pgd_accuracy": "PGD accuracy",
+    "transfer_accuracy": "transfer accuracy",
+    "square_accuracy": "Square accuracy",
+    "median_distance": "median L2 distance",
+    "found": "share found",
 }
 # The benchmark table, in the report and the terminal: accuracy, latency, throughput and size,
 # each ratio beside the figure it compares.

@@ -9,12 +9,14 @@ from dlforge.stages.crossval import CrossValStage
 from dlforge.stages.ensemble import EnsembleStage
 from dlforge.stages.evaluate import EvaluateStage
 from dlforge.stages.quantize import QuantizeStage
+from dlforge.stages.robust import RobustStage
 from dlforge.stages.serve import ServeStage
 
 STAGES: list[Stage] = [
     EvaluateStage(),
     CrossValStage(),
     EnsembleStage(),
+    RobustStage(),
     CompressStage(),
     QuantizeStage(),
     BenchStage(),

@@ -337,8 +337,12 @@ def compress_stage(
     out_dir: Path,
     model_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    robust: Any = None,
 ) -> dict[str, Any]:
-    """Apply each technique to a copy of ``model``; measure every variant and the baseline."""
+    """Apply each technique to a copy of ``model``; measure every variant and the baseline.
+
+    ``robust`` (a ``dlforge.robust.suite.Probe``) adds each variant's PGD accuracy (white-box)
+    and transfer accuracy (PGD inputs crafted on the baseline) at the probe's ε."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = Job(plain_copy(model), data, cfg, out_dir, model_name, dict(model_kwargs or {}))
     job.notes["left_as_is"] = check_techniques(job)  # before any training time is spent
@@ -347,6 +351,8 @@ def compress_stage(
         log.info("compress: %s", technique)
         TECHNIQUES[technique](job)
     measured = _measure(job)
+    if robust is not None:
+        _measure_robustness(job, measured, robust)
     acc = {r["variant"]: r["accuracy"] for r in measured["rows"]}
     if "distill" in acc and "student_alone" in acc:
         gap = acc["baseline"] - acc["student_alone"]
@@ -409,6 +415,18 @@ def _measure(job: Job) -> dict[str, Any]:
     return {"rows": rows, "notes": job.notes, "config": {"techniques": job.cfg.techniques}}
 
 
+def _measure_robustness(job: Job, measured: dict[str, Any], probe: Any) -> None:
+    from dlforge.robust.suite import variant_robustness
+
+    for row in measured["rows"]:
+        name = row["variant"]
+        log.info("compress: robustness of %s", name)
+        source = None if name == "baseline" else job.teacher
+        row.update(variant_robustness(job.variants[name], probe, source))
+    measured["robust"] = {"eps": probe.compare_eps, "samples": len(probe.y),
+                          "steps": probe.settings.steps}  # fmt: skip
+
+
 class CompressStage(Stage):
     name = "compress"
     title = "Compression (each technique from the same trained model)"
@@ -419,10 +437,13 @@ class CompressStage(Stage):
         check_techniques(job)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        from dlforge.stages.robust import compare_probe
+
         r = ctx.recipe
         return compress_stage(
-            ctx.model, ctx.data, r.compress, ctx.run_dir / "compress", r.model.name, r.model.kwargs
-        )
+            ctx.model, ctx.data, r.compress, ctx.run_dir / "compress", r.model.name,
+            r.model.kwargs, compare_probe(r, ctx.data),
+        )  # fmt: skip
 
     def report(self, result: dict[str, Any], notes: list[str]) -> list[str]:
         from dlforge.report.sections import compress_section

@@ -67,9 +67,10 @@ def _layer_names(model: nn.Module, names: list[str]) -> list[str]:
 
 
 def quantize_stage(
-    model: nn.Module, data: DataBundle, cfg: QuantConfig, out_dir: Path
+    model: nn.Module, data: DataBundle, cfg: QuantConfig, out_dir: Path, robust: Any = None
 ) -> dict[str, Any]:
-    """PTQ on training batches (or QAT), export fp32 and int8 ONNX, and score all three."""
+    """PTQ on training batches (or QAT), export fp32 and int8 ONNX, and score all three;
+    ``robust`` (a ``dlforge.robust.suite.Probe``) adds their robustness (``int8_robustness``)."""
     import numpy as np
     import torch
 
@@ -125,6 +126,8 @@ def quantize_stage(
         result["mixed_precision"] = {**mixed.summary(), "test_accuracy": test_acc}
     if stage.codebook_bits is not None:
         result["codebook"] = codebook_variant(model, data, stage.codebook_bits, stage.codebook)
+    if robust is not None:
+        result["robust"] = int8_robustness(model, plan.model, fp32_path, int8_path, robust)
     return result | {
         "config": {k: v for k, v in to_dict(cfg).items() if k != "enabled"},
         "method": stage.method,
@@ -147,6 +150,27 @@ def quantize_stage(
         "files": {"fp32": str(fp32_path), "int8": str(int8_path)},
         "bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
     }
+
+
+def int8_robustness(
+    model: nn.Module, fake_quant: nn.Module, fp32_path: Path, int8_path: Path, probe: Any
+) -> dict[str, Any]:
+    """PGD where there are gradients (fp32 and the fake-quant model in PyTorch); transfer from
+    the fp32 model and the black-box Square attack where there are none (ONNX Runtime)."""
+    from dlforge.robust.evaluate import accuracy, predict_of
+    from dlforge.robust.suite import onnx_robustness, variant_robustness
+
+    rows = []
+    for name, m, source in (("fp32 (PyTorch)", model, None),
+                            ("fake-quant (PyTorch)", fake_quant, model)):  # fmt: skip
+        clean = accuracy(predict_of(probe.wrap(m)), probe.x, probe.y)
+        rows.append({"variant": name, "clean_accuracy": clean,
+                     **variant_robustness(m, probe, source)})  # fmt: skip
+    for name, path in (("int8 (ONNX Runtime)", int8_path), ("fp32 (ONNX Runtime)", fp32_path)):
+        rows.append({"variant": name, **onnx_robustness(path, probe, model)})
+    s = probe.settings
+    return {"eps": probe.compare_eps, "samples": len(probe.y), "steps": s.steps,
+            "square_queries": s.square_queries, "rows": rows}  # fmt: skip
 
 
 def codebook_variant(model: nn.Module, data: DataBundle, bits: int, ft: FineTune) -> dict[str, Any]:
@@ -189,7 +213,12 @@ class QuantizeStage(Stage):
         unpack_attention(plain_copy(model), "int8 quantization", cfg.skip_unsupported)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        result = quantize_stage(ctx.model, ctx.data, ctx.recipe.quantize, ctx.run_dir / "deploy")
+        from dlforge.stages.robust import compare_probe
+
+        r = ctx.recipe
+        result = quantize_stage(
+            ctx.model, ctx.data, r.quantize, ctx.run_dir / "deploy", compare_probe(r, ctx.data)
+        )
         ctx.onnx_files.update({k: Path(v) for k, v in result["files"].items()})
         return result
 

@@ -37,7 +37,8 @@ def make_model(recipe: Recipe, data: DataBundle, seed: int | None = None) -> nn.
 
 
 def make_step(recipe: Recipe, data: DataBundle) -> Step:
-    """Classification with the recipe's label smoothing and, when configured, augmentation."""
+    """Classification with the recipe's label smoothing and, when configured, augmentation;
+    with ``train.adversarial`` an adversarial step (PGD, TRADES or fast FGSM) instead."""
     from dlforge.config import ConfigError
     from dlforge.data.augment import BatchAugment
     from dlforge.train import ClassificationStep
@@ -61,6 +62,15 @@ def make_step(recipe: Recipe, data: DataBundle) -> Step:
         class_counts(data.train[1], data.num_classes),
         recipe.train.label_smoothing,
     )
+    adversarial = recipe.train.adversarial
+    if adversarial.enabled:  # train on attacked inputs (PGD, TRADES or fast FGSM)
+        from dlforge.robust.suite import build_space
+        from dlforge.robust.training import AdversarialStep
+
+        return AdversarialStep(
+            adversarial, build_space(data, adversarial.bounds), loss,
+            recipe.train.label_smoothing, augment if augment.active else None, seed=recipe.seed,
+        )  # fmt: skip
     return ClassificationStep(
         loss_fn=loss,
         label_smoothing=recipe.train.label_smoothing,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dlforge.config import Config, ConfigError, check
+from dlforge.robust.config import AdversarialConfig
 
 
 @dataclass
@@ -160,6 +161,7 @@ class TrainConfig(Config):
     loss: LossConfig = field(default_factory=LossConfig)
     decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     l1: float = 0.0  # L1 penalty on weights (not biases or norm layers)
     # Explicit L2 penalty (coefficient/2 * sum w^2 in the loss) on the same weights. Under SGD it
     # equals weight decay; under Adam it does not (Adam rescales it, AdamW's decay is not).
