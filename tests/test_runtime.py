@@ -102,3 +102,19 @@ def test_torchrun_with_a_class_balanced_sampler(tmp_path: Path) -> None:
     assert drawn == [int(sum(counts) / len(counts))] * len(counts)
     per_rank = -(-sum(drawn) // 2)  # each process keeps half the epoch, in batches of 30
     assert len(metrics["train"]["steps"]["lr"]) == 2 * -(-per_rank // 30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_torchrun_adversarial_training(tmp_path: Path, method: str) -> None:
+    """The inner attack runs on the module under DDP (no reduction started by its forward
+    passes); TRADES' clean and adversarial halves go through DDP in one forward."""
+    import json
+
+    recipe = str(HERE.parent / "recipes/default.yaml")
+    sets = [f"output_dir={tmp_path}", "train.epochs=2", f"train.adversarial.method={method}",
+            "train.adversarial.steps=2", "report.enabled=false"]  # fmt: skip
+    dlforge_run_under_torchrun(recipe, sets)
+    metrics = json.loads((tmp_path / "default/metrics.json").read_text())
+    assert metrics["train"]["settings"]["processes"] == 2
+    assert metrics["evaluate"]["summary"]["accuracy"] > 0.5

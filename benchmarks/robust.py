@@ -1,0 +1,326 @@
+"""Adversarial robustness: standard training against PGD (Madry), TRADES and fast FGSM (Wong)
+training on digits and MNIST-1D, 3 seeds; the robustness of every compressed variant of the
+compress benchmark; agreement with torchattacks.
+
+1. Training: the shipped recipes' models (digits CNN, MNIST-1D CNN), 40 epochs each, every
+   method through the recipe path (`train.adversarial`), as `dlforge run` would run it.
+   Reported: clean test accuracy, PGD-20 (L∞, random start, step 2.5·ε/20) accuracy on the
+   whole test split over a grid of ε in input units (digits pixels in [0, 1]; MNIST-1D's raw
+   signal units, range about [-5.5, 4.5]), and the training time. The target ε of each dataset
+   is the grid's smallest where standard training falls below 10% (checked in the run); the
+   adversarial methods train at it.
+2. Compressed models (seed 0): the compress benchmark's techniques and settings, plus int8 PTQ,
+   applied to the standard and the PGD-trained model; PGD white-box on every PyTorch variant,
+   transfer from the uncompressed model, and transfer plus the black-box Square attack (1000
+   queries) on the int8 model in ONNX Runtime.
+3. torchattacks: FGSM and PGD without a random start (the same perturbation expected) and PGD
+   with one (robust accuracies within 0.5 points), on the standard models.
+
+    python benchmarks/robust.py [--seeds 3] [--datasets digits mnist1d]
+                                [--parts training compressed agreement]
+
+Finished training runs are kept in results/robust.partial.json, so a crash loses one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, save, table
+from compress import settings_for
+
+from dlforge.config import from_dict
+from dlforge.pipeline import prepare
+from dlforge.recipe import load_recipe
+from dlforge.robust.attacks import fgsm, pgd
+from dlforge.robust.config import RobustConfig
+from dlforge.robust.evaluate import accuracy, craft, predict_of
+from dlforge.robust.suite import Probe, probe
+from dlforge.stages.compress import CompressConfig, compress_stage
+from dlforge.stages.quantize import QuantizeStageConfig, quantize_stage
+from dlforge.stages.train import fit
+from dlforge.train.checkpoint import atomic_write_json
+
+logging.getLogger("dlforge").setLevel(logging.ERROR)
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "recipe": "recipes/default.yaml",
+        "compress_key": "digits_cnn",
+        "eps": 0.125,
+        "small_eps": 0.05,  # where the standard model is still worth attacking
+        "grid": [0.0, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3],
+    },
+    "mnist1d": {
+        "recipe": "recipes/mnist1d.yaml",
+        "compress_key": "mnist1d_cnn",
+        "eps": 0.3,
+        "small_eps": 0.1,
+        "grid": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75],
+    },
+}
+EPOCHS = 40
+METHODS: dict[str, list[str]] = {
+    "standard": [],
+    "PGD-7 (Madry)": ["train.adversarial.method=pgd"],
+    "TRADES (beta 6)": ["train.adversarial.method=trades"],
+    "fast FGSM (Wong)": ["train.adversarial.method=fast_fgsm"],
+}
+PARTIAL = RESULTS / "robust.partial.json"
+MODELS = Path(tempfile.gettempdir()) / "dlforge-robust-models"  # seed-0 models for part 2
+
+
+def recipe_for(dataset: str, method: str, seed: int) -> Any:
+    spec = DATASETS[dataset]
+    overrides = [f"train.epochs={EPOCHS}", "train.progress=false", f"seed={seed}",
+                 *METHODS[method]]  # fmt: skip
+    if METHODS[method]:
+        overrides.append(f"train.adversarial.eps={spec['eps']}")
+    return load_recipe(spec["recipe"], overrides)
+
+
+def curve(model: torch.nn.Module, p: Probe, grid: list[float]) -> list[float]:
+    """PGD-20 accuracy at each ε (ε = 0: clean)."""
+    wrapped = p.wrap(model)
+    out = []
+    for eps in grid:
+        adv = craft("pgd", wrapped, p.x, p.y, eps, p.space, p.settings,
+                    torch.Generator().manual_seed(0))  # fmt: skip
+        out.append(accuracy(predict_of(wrapped), adv, p.y))
+    return out
+
+
+def one(dataset: str, method: str, seed: int) -> dict[str, Any]:
+    recipe = recipe_for(dataset, method, seed)
+    data, model = prepare(recipe)
+    start = time.perf_counter()
+    trained = fit(recipe, data, model).model.eval()
+    seconds = time.perf_counter() - start
+    if seed == 0:
+        MODELS.mkdir(exist_ok=True)
+        torch.save(trained.state_dict(), MODELS / f"{dataset}-{method}.pt")
+    p = probe(data, RobustConfig(samples=0), 0)
+    return {"seconds": seconds, "pgd20": curve(trained, p, DATASETS[dataset]["grid"])}
+
+
+def training_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    done: dict[str, Any] = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
+    rows, verdicts = [], {}
+    for dataset in args.datasets:
+        spec = DATASETS[dataset]
+        grid, target = spec["grid"], spec["eps"]
+        means: dict[str, list[float]] = {}
+        for method in METHODS:
+            runs = []
+            for s in range(args.seeds):
+                key = f"{dataset}/{method}/{s}"
+                if key not in done:
+                    done[key] = one(dataset, method, s)
+                    atomic_write_json(PARTIAL, done)
+                runs.append(done[key])
+            mean = [statistics.mean(100 * r["pgd20"][i] for r in runs) for i in range(len(grid))]
+            sd = [statistics.stdev(100 * r["pgd20"][i] for r in runs) if len(runs) > 1 else 0.0
+                  for i in range(len(grid))]  # fmt: skip
+            means[method] = mean
+            row: dict[str, Any] = {"data": dataset, "method": method, "clean": mean[0],
+                                   "clean_sd": sd[0]}  # fmt: skip
+            for e, m, d in zip(grid[1:], mean[1:], sd[1:]):
+                row[f"PGD-20 ε={e:g}"] = f"{m:.1f} ± {d:.1f}"
+            row["train s"] = statistics.mean(r["seconds"] for r in runs)
+            rows.append(row)
+            print(f"{dataset} {method}: clean {mean[0]:.1f}, PGD-20 " + ", ".join(
+                f"{e:g}: {m:.1f}" for e, m in zip(grid[1:], mean[1:])), flush=True)  # fmt: skip
+        i = grid.index(target)
+        standard = means["standard"]
+        first_below = next((e for e, m in zip(grid, standard) if m < 10), None)
+        verdicts[dataset] = {
+            "eps": target,
+            "standard_robust": standard[i],
+            "first_eps_below_10": first_below,
+            "methods": {
+                m: {"robust": v[i], "clean_loss_points": standard[0] - v[0],
+                    "meets_target": bool(standard[i] < 10 and v[i] >= 70
+                                         and standard[0] - v[0] <= 3)}
+                for m, v in means.items() if m != "standard"
+            },
+        }  # fmt: skip
+    return rows, verdicts
+
+
+def load_model(dataset: str, method: str) -> tuple[torch.nn.Module, Any, Any]:
+    recipe = recipe_for(dataset, method, 0)
+    data, model = prepare(recipe)
+    path = MODELS / f"{dataset}-{method}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        model = fit(recipe, data, model).model
+    return model.eval(), data, recipe
+
+
+def compressed(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dataset in args.datasets:
+        spec = DATASETS[dataset]
+        for method, eps in (("standard", spec["small_eps"]), ("PGD-7 (Madry)", spec["eps"])):
+            model, data, recipe = load_model(dataset, method)
+            p = probe(data, RobustConfig(samples=0, compare_eps=eps), 0)
+            cfg = from_dict(CompressConfig, {"enabled": True,
+                                             **settings_for(spec["compress_key"], 0)})  # fmt: skip
+            cfg.bench_rounds = 1  # speed is the compress benchmark's business
+            with tempfile.TemporaryDirectory() as tmp:
+                cz = compress_stage(model, data, cfg, Path(tmp), recipe.model.name,
+                                    recipe.model.kwargs, p)  # fmt: skip
+                qz = quantize_stage(model, data, QuantizeStageConfig(enabled=True),
+                                    Path(tmp) / "q", p)  # fmt: skip
+            rows = [{"variant": r["variant"], "clean": 100 * r["accuracy"],
+                     "PGD-20 white-box": 100 * r["pgd_accuracy"],
+                     "transfer from baseline": 100 * r.get("transfer_accuracy", r["pgd_accuracy"])}
+                    for r in cz["rows"]]  # fmt: skip
+            for r in qz["robust"]["rows"]:
+                if r["variant"].startswith("int8"):
+                    rows.append({"variant": "int8 (ONNX Runtime)",
+                                 "clean": 100 * r["clean_accuracy"],
+                                 "transfer from baseline": 100 * r["transfer_accuracy"],
+                                 "Square (1000 queries)": 100 * r["square_accuracy"]})  # fmt: skip
+                if r["variant"] == "fp32 (PyTorch)":
+                    rows[0]["Square (1000 queries)"] = None
+            fp32_ort = next(
+                r for r in qz["robust"]["rows"] if r["variant"].startswith("fp32 (ONNX")
+            )
+            rows[0]["Square (1000 queries)"] = 100 * fp32_ort["square_accuracy"]
+            key = f"{dataset} / {method} at ε={eps:g}"
+            out[key] = rows
+            print(f"\n### {key} ({len(p.y)} test samples)\n\n{table(rows)}", flush=True)
+    return out
+
+
+class UnitScaled(torch.nn.Module):
+    """A raw-unit model reading inputs scaled to [0, 1] (torchattacks clamps to [0, 1])."""
+
+    def __init__(self, model: torch.nn.Module, lo: float, hi: float) -> None:
+        super().__init__()
+        self.model, self.lo, self.span = model, lo, hi - lo
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(self.lo + z * self.span)
+        return out
+
+
+def agreement(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torchattacks
+
+    rows = []
+    for dataset in args.datasets:
+        model, data, _ = load_model(dataset, "standard")
+        p = probe(data, RobustConfig(samples=0), 0)
+        wrapped = p.wrap(model)
+        lo, hi = p.space.lo, p.space.hi
+        assert lo is not None and hi is not None
+        unit = UnitScaled(wrapped, lo, hi).eval()
+        xu = (p.x - lo) / (hi - lo)
+        run = predict_of(wrapped)
+        for eps in DATASETS[dataset]["grid"][1:4]:
+            e_u, steps = eps / (hi - lo), 20
+            ours = {
+                "FGSM": fgsm(wrapped, p.x, p.y, eps, lo=lo, hi=hi),
+                "PGD-20, no random start": pgd(
+                    wrapped, p.x, p.y, eps, steps=steps, random_start=False, lo=lo, hi=hi
+                ),
+                "PGD-20, random start": pgd(
+                    wrapped,
+                    p.x,
+                    p.y,
+                    eps,
+                    steps=steps,
+                    lo=lo,
+                    hi=hi,
+                    generator=torch.Generator().manual_seed(0),
+                ),
+            }
+            torch.manual_seed(0)
+            refs = {
+                "FGSM": torchattacks.FGSM(unit, eps=e_u)(xu, p.y),
+                "PGD-20, no random start": torchattacks.PGD(
+                    unit, eps=e_u, alpha=2.5 * e_u / steps, steps=steps, random_start=False)(xu, p.y),
+                "PGD-20, random start": torchattacks.PGD(
+                    unit, eps=e_u, alpha=2.5 * e_u / steps, steps=steps)(xu, p.y),
+            }  # fmt: skip
+            for name, adv in ours.items():
+                ref = lo + refs[name] * (hi - lo)
+                a, b = accuracy(run, adv, p.y), accuracy(run, ref, p.y)
+                rows.append({"data": dataset, "attack": name, "eps": eps,
+                             "dlforge": 100 * a, "torchattacks": 100 * b,
+                             "difference (points)": 100 * (a - b),
+                             "max |Δ perturbation|": float((adv - ref).abs().max())})  # fmt: skip
+                print(f"{dataset} {name} ε={eps:g}: ours {100 * a:.2f}, torchattacks "
+                      f"{100 * b:.2f}, max |Δ| {rows[-1]['max |Δ perturbation|']:.2e}", flush=True)  # fmt: skip
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean PGD-20 accuracy against ε, a panel per dataset, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = json.loads(PARTIAL.read_text())
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        grid = DATASETS[dataset]["grid"]
+        for method in METHODS:
+            runs = [v for k, v in done.items() if k.startswith(f"{dataset}/{method}/")]
+            mean = [statistics.mean(100 * r["pgd20"][i] for r in runs) for i in range(len(grid))]
+            ax.plot(grid, mean, marker="o", label=method)
+        ax.axvline(DATASETS[dataset]["eps"], color="grey", linestyle=":")
+        ax.set_title(f"{dataset}: PGD-20 (L∞) accuracy")
+        ax.set_xlabel("ε (input units)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    ap.add_argument("--parts", nargs="*", default=["training", "compressed", "agreement"])
+    args = ap.parse_args()
+    payload: dict[str, Any] = {"seeds": args.seeds, "epochs": EPOCHS, "datasets": DATASETS}
+    if "training" in args.parts:
+        rows, verdicts = training_table(args)
+        print(f"\n## Standard against adversarial training ({args.seeds} seeds)\n")
+        print(table(rows))
+        for dataset, v in verdicts.items():
+            print(f"\n{dataset}: target ε={v['eps']:g} (standard PGD-20 accuracy "
+                  f"{v['standard_robust']:.1f}%; the grid's first ε below 10%: "
+                  f"{v['first_eps_below_10']})")  # fmt: skip
+            for m, r in v["methods"].items():
+                print(f"  {m}: robust {r['robust']:.1f}%, clean loss {r['clean_loss_points']:+.1f} "
+                      f"points -> {'meets' if r['meets_target'] else 'MISSES'} the target "
+                      "(>= 70% robust, <= 3 points clean loss)")  # fmt: skip
+        plot(rows, RESULTS / "robust_curves.png")
+        payload |= {"training": rows, "verdicts": verdicts}
+    if "compressed" in args.parts:
+        payload["compressed"] = compressed(args)
+    if "agreement" in args.parts:
+        rows = agreement(args)
+        print(f"\n## Agreement with torchattacks\n\n{table(rows)}")
+        payload["agreement"] = rows
+    save("robust", payload)
+
+
+if __name__ == "__main__":
+    main()
