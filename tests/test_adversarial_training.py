@@ -57,7 +57,9 @@ def test_adversarial_training_beats_standard_training_under_attack(
     assert hard > base + 0.2, (method, base, hard)
 
 
-def test_eps_ramp_and_validation_on_attacked_inputs(digits: DataBundle, standard: nn.Module) -> None:
+def test_eps_ramp_and_validation_on_attacked_inputs(
+    digits: DataBundle, standard: nn.Module
+) -> None:
     cfg = AdversarialConfig(method="pgd", eps=0.2, ramp_epochs=3)
     step = AdversarialStep(cfg, build_space(digits))
     assert [step.eps_at(e) for e in range(5)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2])
