@@ -81,11 +81,18 @@ class AdversarialStep(ClassificationStep):
         ramp = self.cfg.ramp_epochs
         return self.cfg.eps if ramp == 0 else self.cfg.eps * min(1.0, (epoch + 1) / (ramp + 1))
 
-    def _pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def _pgd(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         raw = InRawUnits(model, self.space)
         return pgd(raw, self.space.to_raw(x), y, eps, norm=self.cfg.norm, steps=self.cfg.steps,
                    alpha=self.cfg.alpha, lo=self.space.lo, hi=self.space.hi,
-                   generator=self.generator)  # fmt: skip
+                   generator=generator or self.generator)  # fmt: skip
 
     def _fast_fgsm(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:  # fmt: skip
         raw, x_raw = InRawUnits(model, self.space), self.space.to_raw(x)
@@ -139,8 +146,11 @@ class AdversarialStep(ClassificationStep):
             if self.cfg.select_on == "clean":
                 return super().__call__(model, batch, trainer)
             x, y = trainer.to_device((x, y))
+            # The same random starts every epoch (and none taken from the training draws), so
+            # epochs compare on equal terms.
+            fixed = torch.Generator().manual_seed(0)
             with torch.enable_grad():  # validation runs under no_grad; PGD needs gradients
-                adv = self.space.to_model(self._pgd(_bare(model), x, y, self.cfg.eps))
+                adv = self.space.to_model(self._pgd(_bare(model), x, y, self.cfg.eps, fixed))
             with torch.no_grad(), trainer.precision.autocast():
                 logits = model(adv)
             loss = F.cross_entropy(logits.float(), y)
