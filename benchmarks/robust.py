@@ -76,6 +76,17 @@ METHODS: dict[str, list[str]] = {
 }
 PARTIAL = RESULTS / "robust.partial.json"
 MODELS = Path(tempfile.gettempdir()) / "dlforge-robust-models"  # seed-0 models for part 2
+# Bump when a change alters what a training run produces: cached runs (and saved models) of
+# another version, epoch count or ε are trained again, never averaged with new ones.
+VERSION = 2
+
+
+def fingerprint(dataset: str) -> dict[str, Any]:
+    return {"version": VERSION, "epochs": EPOCHS, "eps": DATASETS[dataset]["eps"]}
+
+
+def model_path(dataset: str, method: str) -> Path:
+    return MODELS / f"{dataset}-{method}-v{VERSION}-e{EPOCHS}-eps{DATASETS[dataset]['eps']:g}.pt"
 
 
 def recipe_for(dataset: str, method: str, seed: int) -> Any:
@@ -106,9 +117,10 @@ def one(dataset: str, method: str, seed: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if seed == 0:
         MODELS.mkdir(exist_ok=True)
-        torch.save(trained.state_dict(), MODELS / f"{dataset}-{method}.pt")
+        torch.save(trained.state_dict(), model_path(dataset, method))
     p = probe(data, RobustConfig(samples=0), 0)
-    return {"seconds": seconds, "pgd20": curve(trained, p, DATASETS[dataset]["grid"])}
+    return {"seconds": seconds, "pgd20": curve(trained, p, DATASETS[dataset]["grid"]),
+            "fingerprint": fingerprint(dataset)}  # fmt: skip
 
 
 def training_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -122,7 +134,7 @@ def training_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
             runs = []
             for s in range(args.seeds):
                 key = f"{dataset}/{method}/{s}"
-                if key not in done:
+                if done.get(key, {}).get("fingerprint") != fingerprint(dataset):
                     done[key] = one(dataset, method, s)
                     atomic_write_json(PARTIAL, done)
                 runs.append(done[key])
@@ -158,11 +170,14 @@ def training_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
 def load_model(dataset: str, method: str) -> tuple[torch.nn.Module, Any, Any]:
     recipe = recipe_for(dataset, method, 0)
     data, model = prepare(recipe)
-    path = MODELS / f"{dataset}-{method}.pt"
-    if path.exists():
+    path = model_path(dataset, method)
+    if path.exists():  # part 1's seed-0 model
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
+        print(f"{path} not found: training {dataset} {method} (seed 0) again", flush=True)
         model = fit(recipe, data, model).model
+        MODELS.mkdir(exist_ok=True)
+        torch.save(model.state_dict(), path)
     return model.eval(), data, recipe
 
 
@@ -279,7 +294,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, dataset in zip(axes[0], datasets):
         grid = DATASETS[dataset]["grid"]
         for method in METHODS:
-            runs = [v for k, v in done.items() if k.startswith(f"{dataset}/{method}/")]
+            runs = [v for k, v in done.items() if k.startswith(f"{dataset}/{method}/")
+                    and v.get("fingerprint") == fingerprint(dataset)]  # fmt: skip
             mean = [statistics.mean(100 * r["pgd20"][i] for r in runs) for i in range(len(grid))]
             ax.plot(grid, mean, marker="o", label=method)
         ax.axvline(DATASETS[dataset]["eps"], color="grey", linestyle=":")

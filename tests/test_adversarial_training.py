@@ -185,7 +185,8 @@ def test_compress_and_quantize_tables_carry_robustness(
     rows = {r["variant"]: r for r in cz["rows"]}
     assert "transfer_accuracy" not in rows["baseline"] and "transfer_accuracy" in rows["lowrank"]
     assert cz["robust"]["eps"] == pytest.approx(0.1)
-    assert rows["baseline"]["pgd_accuracy"] < rows["baseline"]["accuracy"]
+    clean = accuracy(predict_of(p.wrap(small_cnn)), p.x, p.y)  # on the probe's own samples
+    assert rows["baseline"]["pgd_accuracy"] < clean - 0.1
 
     qz = quantize_stage(small_cnn, digits, QuantizeStageConfig(enabled=True), tmp_path / "q", p)
     q = {r["variant"]: r for r in qz["robust"]["rows"]}
@@ -194,4 +195,8 @@ def test_compress_and_quantize_tables_carry_robustness(
     assert q["fp32 (ONNX Runtime)"]["transfer_accuracy"] == pytest.approx(
         q["fp32 (PyTorch)"]["pgd_accuracy"], abs=1 / 60 + 1e-9
     )
-    assert q["int8 (ONNX Runtime)"]["square_accuracy"] <= q["int8 (ONNX Runtime)"]["clean_accuracy"]
+    int8 = q["int8 (ONNX Runtime)"]
+    assert int8["clean_accuracy"] == pytest.approx(clean, abs=2 / 60 + 1e-9)  # int8 ≈ fp32
+    # ε = 0.1 takes the fp32 model well down (PGD above); the black-box attack on the int8
+    # model, with no gradients, must get a real share of the way too.
+    assert int8["square_accuracy"] < int8["clean_accuracy"] - 0.1

@@ -211,3 +211,44 @@ def test_attacks_run_on_recurrent_attention_and_depthwise_models(make: type) -> 
 def test_integer_inputs_are_refused() -> None:
     with pytest.raises(NotAttackableError, match="token ids"):
         input_space({}, torch.zeros(4, 8, dtype=torch.long))
+
+
+def test_attacks_leave_no_gradient_on_the_parameters(setup: tuple) -> None:
+    model, x, y = setup
+    for p in model.parameters():
+        p.grad = None  # what training left
+    carlini_wagner(model, x[:8], y[:8], steps=3, binary_steps=1, lo=0, hi=1)
+    deepfool(model, x[:8], y[:8], steps=3)
+    pgd(model, x[:8], y[:8], 0.1, steps=2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_deepfool_refuses_a_single_candidate() -> None:
+    with pytest.raises(ValueError, match="candidates >= 2"):
+        deepfool(nn.Linear(4, 3), torch.randn(2, 4), torch.zeros(2, dtype=torch.long), candidates=1)
+
+
+@pytest.mark.parametrize("key, value", [("compare_eps", float("inf")), ("bounds", [0, float("inf")]),
+                                        ("eps", [0.0, float("nan")])])  # fmt: skip
+def test_config_refuses_infinite_budgets_and_bounds(key: str, value: object) -> None:
+    from dlforge.config import ConfigError
+    from dlforge.robust.config import RobustConfig
+
+    with pytest.raises(ConfigError, match=key):
+        RobustConfig(**{key: value})  # type: ignore[arg-type]
+
+
+def test_the_whole_report_on_a_table(small_table: DataBundle) -> None:
+    """Tabular inputs (N, F): every attack runs (Square over windows of features), and the
+    corruptions reduce to Gaussian noise (a table has no neighbours to blur or shift into)."""
+    from dlforge.models import create_model
+    from dlforge.robust.config import RobustConfig
+    from dlforge.robust.suite import robustness_report
+
+    model = create_model("mlp", small_table.input_shape, small_table.num_classes)
+    cfg = RobustConfig(samples=30, steps=3, cw_steps=5, square_queries=20, examples=1)
+    result = robustness_report(model, small_table, cfg)
+    assert set(result["curves"]) == set(cfg.attacks) and list(result["corruptions"]) == [
+        "gaussian_noise"
+    ]
+    assert len(result["corruptions"]["gaussian_noise"]["accuracy"]) == 6

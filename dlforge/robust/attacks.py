@@ -187,10 +187,12 @@ def carlini_wagner(
     binary_steps: int = 5,
     lo: float | None = None,
     hi: float | None = None,
+    scale: float | None = None,
 ) -> MinimalResult:
     """Carlini-Wagner L2 (2017): minimise ||δ||² + c·max(margin, -κ) with Adam, searching ``c``
     per sample by bisection (×10 while no success is found); the smallest successful
-    perturbation is kept. ``lr`` is in units of the input range (or of its std, unbounded).
+    perturbation is kept. ``lr`` is in units of ``scale``: by default the input range, or for
+    unbounded inputs the std of ``x`` (pass the dataset's so batches of one run agree).
 
     The box constraint is kept by projecting δ after each step rather than by the paper's tanh
     change of variables: in tanh space a value at the bound (the many 0-valued pixels of a digit
@@ -199,7 +201,8 @@ def carlini_wagner(
     """
     n = len(x)
     x = x.detach()
-    span = (hi - lo) if lo is not None and hi is not None else float(x.std().clamp_min(1e-6))
+    if scale is None:
+        scale = (hi - lo) if lo is not None and hi is not None else float(x.std().clamp_min(1e-6))
     best_norm = torch.full((n,), float("inf"), device=x.device)
     best_adv = x.clone()
     with torch.no_grad():
@@ -210,7 +213,7 @@ def carlini_wagner(
     c_hi = torch.full((n,), float("inf"), device=x.device)
     for _ in range(binary_steps):
         delta = torch.zeros_like(x, requires_grad=True)
-        opt = torch.optim.Adam([delta], lr=lr * span)
+        opt = torch.optim.Adam([delta], lr=lr * scale)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         for _ in range(steps):
             adv = x + delta
@@ -218,8 +221,8 @@ def carlini_wagner(
             dist = delta.flatten(1).pow(2).sum(1)
             margin = _margin(logits, y)
             loss = (dist + c_now * margin.clamp(min=-kappa)).sum()
-            opt.zero_grad()
-            loss.backward()
+            # The gradient of δ only: nothing lands on the model's parameters.
+            (delta.grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 wrong = (logits.argmax(1) != y) & ~already
                 better = wrong & (dist.sqrt() < best_norm)
@@ -251,10 +254,16 @@ def deepfool(
     """DeepFool (Moosavi-Dezfooli et al. 2016), L2: step to the nearest linearised decision
     boundary among the ``candidates`` most likely classes, until the label flips; the total
     step is scaled by 1 + ``overshoot`` to land just across."""
+    if candidates < 2:
+        raise ValueError(
+            f"deepfool needs candidates >= 2 (the true class and one other), got {candidates}"
+        )
     x = x.detach()
     n = len(x)
     with torch.no_grad():
         logits0 = model(x).float()
+    if logits0.dim() != 2 or logits0.shape[1] < 2:
+        raise ValueError(f"deepfool needs logits (N, K >= 2), got {tuple(logits0.shape)}")
     k = min(candidates, logits0.shape[1])
     order = logits0.argsort(1, descending=True)
     others = order[order != y[:, None]].view(n, -1)[:, : k - 1]  # every class but the true one

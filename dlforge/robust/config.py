@@ -7,6 +7,7 @@ from 0-255): see ``dlforge/robust/space.py``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,14 +27,14 @@ EPS_SHARES = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
 def _check_bounds(bounds: object) -> None:
     if bounds is None or bounds == "auto":
         return
-    ok = (
-        isinstance(bounds, list)
-        and len(bounds) == 2
-        and all(isinstance(b, int | float) for b in bounds)
+    values = bounds if isinstance(bounds, list) else []
+    numbers = len(values) == 2 and all(
+        isinstance(b, int | float) and math.isfinite(b) for b in values
     )
-    if not ok or not bounds[0] < bounds[1]:  # type: ignore[index]
-        raise ConfigError(f"must be 'auto', [lo, hi] with lo < hi, or null; got {bounds!r}",
-                          "bounds")  # fmt: skip
+    if not numbers or not values[0] < values[1]:
+        raise ConfigError(
+            f"must be 'auto', [lo, hi] (finite, lo < hi), or null; got {bounds!r}", "bounds"
+        )
 
 
 @dataclass
@@ -67,16 +68,16 @@ class RobustConfig(Config):
         for key in ("eps", "eps_l2"):
             grid = getattr(self, key)
             if grid is not None:
-                check(len(grid) > 0 and all(e >= 0 for e in grid), key, grid,
-                      "must be a non-empty list of budgets >= 0")  # fmt: skip
+                check(len(grid) > 0 and all(0 <= e < math.inf for e in grid), key, grid,
+                      "must be a non-empty list of finite budgets >= 0")  # fmt: skip
                 check(list(grid) == sorted(grid), key, grid, "must be in increasing order")
         _check_bounds(self.bounds)
         for key in ("steps", "restarts", "cw_steps", "square_queries", "batch_size"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.samples >= 0, "samples", self.samples, "must be >= 0 (0: all)")
         check(self.examples >= 0, "examples", self.examples, "must be >= 0")
-        check(self.compare_eps is None or self.compare_eps > 0, "compare_eps",
-              self.compare_eps, "must be > 0")  # fmt: skip
+        check(self.compare_eps is None or 0 < self.compare_eps < math.inf, "compare_eps",
+              self.compare_eps, "must be finite and > 0")  # fmt: skip
 
 
 @dataclass
@@ -92,7 +93,8 @@ class AdversarialConfig(Config):
     beta: float = 6.0  # TRADES: weight of the robustness (KL) term
     ramp_epochs: int = 0  # grow eps linearly over the first epochs (helps small nets start)
     # Validation runs on PGD inputs, so the best checkpoint is the most robust epoch ("robust
-    # overfitting", Rice et al. 2020: clean validation keeps a less robust one).
+    # overfitting", Rice et al. 2020: clean validation keeps a less robust one); val_loss and
+    # val_accuracy are then plain cross-entropy and accuracy on those inputs.
     select_on: Literal["adversarial", "clean"] = "adversarial"
     bounds: list[float] | str | None = "auto"
 
@@ -101,7 +103,7 @@ class AdversarialConfig(Config):
         return self.method is not None
 
     def validate(self) -> None:
-        check(self.eps > 0, "eps", self.eps, "must be > 0")
+        check(0 < self.eps < math.inf, "eps", self.eps, "must be finite and > 0")
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
         check(self.alpha is None or self.alpha > 0, "alpha", self.alpha, "must be > 0")
         check(self.beta >= 0, "beta", self.beta, "must be >= 0")

@@ -49,8 +49,11 @@ def predict_of(model: nn.Module) -> Predict:
 
 
 def accuracy(predict: Predict, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``predict`` on ``x``; NaN for no samples (not a made-up 0)."""
+    if len(x) == 0:
+        return float("nan")
     hits = sum(int((predict(x[s]).argmax(1) == y[s]).sum()) for s in _batches(len(x), batch_size))
-    return hits / max(len(x), 1)
+    return hits / len(x)
 
 
 def craft(
@@ -89,11 +92,15 @@ def square_inputs(
 ) -> torch.Tensor:
     from dlforge.robust.square import square_attack
 
+    flat = x.dim() == 2  # a table (N, F): windows over its features, as a (N, 1, F) signal
     out = []
-    for s in _batches(len(x), settings.batch_size):
-        found = square_attack(predict, x[s], y[s], eps, n_queries=settings.square_queries,
-                              lo=space.lo, hi=space.hi, seed=settings.seed)  # fmt: skip
-        out.append(found.x_adv)
+    for i, s in enumerate(_batches(len(x), settings.batch_size)):
+        xb = x[s].unsqueeze(1) if flat else x[s]
+        run = (lambda z: predict(z.squeeze(1))) if flat else predict
+        # Each batch its own draws: the same squares in every batch would correlate the results.
+        found = square_attack(run, xb, y[s], eps, n_queries=settings.square_queries,
+                              lo=space.lo, hi=space.hi, seed=settings.seed + i)  # fmt: skip
+        out.append(found.x_adv.squeeze(1) if flat else found.x_adv)
     return torch.cat(out) if out else x.clone()
 
 
@@ -106,11 +113,14 @@ def minimal(
     settings: AttackSettings,
 ) -> MinimalResult:
     """A minimal-perturbation attack (CW-L2 or DeepFool) over ``x``, batch by batch."""
+    if len(x) == 0:
+        raise ValueError(f"{name}: no samples to attack")
+    scale = space.range if space.range is not None else float(x.std().clamp_min(1e-6))
     parts = []
     for s in _batches(len(x), settings.batch_size):
         if name == "cw":
             parts.append(carlini_wagner(model, x[s], y[s], steps=settings.cw_steps,
-                                        lo=space.lo, hi=space.hi))  # fmt: skip
+                                        lo=space.lo, hi=space.hi, scale=scale))  # fmt: skip
         elif name == "deepfool":
             parts.append(deepfool(model, x[s], y[s], lo=space.lo, hi=space.hi))
         else:

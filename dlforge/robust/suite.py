@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dlforge.config import DlforgeError
 from dlforge.robust.config import EPS_SHARES, RobustConfig
 from dlforge.robust.evaluate import (
     AttackSettings,
@@ -60,6 +61,8 @@ def probe(data: DataBundle, cfg: RobustConfig, seed: int = 0) -> Probe:
     check_continuous(x_test, "the test split")
     space = input_space(data.preprocessing, data.train[0], cfg.bounds)
     n = len(y_test) if cfg.samples == 0 else min(cfg.samples, len(y_test))
+    if n == 0:
+        raise DlforgeError("robust: the test split is empty; there is nothing to attack")
     pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(seed))[:n]
     # Clipped: a test value outside the training split's range (or a float rounding of a bound)
     # is not a valid starting point for a budget that is clipped to the range.
@@ -126,15 +129,24 @@ def robustness_report(
                      "cw_steps": p.settings.cw_steps, "square_queries": p.settings.square_queries},
     }  # fmt: skip
     if cfg.corruptions:
-        from dlforge.robust.corruptions import corruption_curves
-
-        result["corruptions"] = corruption_curves(
-            predict_of(wrapped), p.x, p.y, lo=p.space.lo, hi=p.space.hi, seed=seed,
-            batch_size=cfg.batch_size,
-        )  # fmt: skip
+        result["corruptions"] = corruptions_of(wrapped, p, seed, cfg.batch_size)
     result["examples"] = example_pairs(wrapped, p, data.class_names, cfg.examples)
     result["input_shape"] = list(p.x.shape[1:])
     return result
+
+
+def corruptions_of(model: nn.Module, p: Probe, seed: int, batch_size: int) -> dict[str, Any]:
+    """The four corruptions of images and signals; a table's features have no neighbours to
+    blur or shift into, nor a spatial mean, so a table gets Gaussian noise alone."""
+    from dlforge.robust.corruptions import CORRUPTIONS, corruption_curves
+
+    run = predict_of(model)
+    x, names = p.x, CORRUPTIONS
+    if x.dim() == 2:
+        x, names = x.unsqueeze(1), ("gaussian_noise",)
+        run = predict_of(nn.Sequential(nn.Flatten(), model))
+    return corruption_curves(run, x, p.y, lo=p.space.lo, hi=p.space.hi, names=names,
+                             seed=seed, batch_size=batch_size)  # fmt: skip
 
 
 def variant_robustness(

@@ -1,9 +1,9 @@
 """Adversarial training as a Trainer step: the model learns on attacked inputs.
 
 - ``pgd``: Madry et al. 2018 — minimise the loss on the PGD input within ε (a min-max game).
-- ``trades``: Zhang et al. 2019 — clean cross-entropy plus β·KL(f(x') || f(x)), x' the input
-  within ε that most changes the prediction: an explicit trade-off of clean accuracy for
-  robustness.
+- ``trades``: Zhang et al. 2019 — clean cross-entropy plus β·KL(f(x) || f(x')) (the reference
+  code's direction), x' the input within ε that most changes the prediction: an explicit
+  trade-off of clean accuracy for robustness.
 - ``fast_fgsm``: Wong et al. 2020 — one FGSM step from a uniform random start, step 1.25·ε;
   the random start is what keeps single-step training from collapsing ("catastrophic
   overfitting") at a fraction of PGD's cost.
@@ -163,8 +163,12 @@ class AdversarialStep(ClassificationStep):
         adv = self.attack(model, x.float(), hard, eps)
         if self.cfg.method == "trades":
             with trainer.precision.autocast():
-                both = model(torch.cat([x, adv]))
-            logits, logits_adv = both.float().chunk(2)
+                if trainer.runtime.distributed:
+                    # One forward through DDP (two would start two gradient reductions); batch
+                    # norm then sees the clean and adversarial halves together.
+                    logits, logits_adv = model(torch.cat([x, adv])).float().chunk(2)
+                else:  # as the reference code: batch statistics of each half apart
+                    logits, logits_adv = model(x).float(), model(adv).float()
             robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1),
                               reduction="batchmean")  # fmt: skip
             loss = self.loss(trainer, logits, y) + self.cfg.beta * robust
