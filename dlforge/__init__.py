@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 
 def log_to_stderr(level: int | str = "INFO") -> None:

@@ -39,7 +39,7 @@ from dlforge.recipe import Recipe, load_recipe, recipe_from_dict
 from dlforge.report import write_report
 from dlforge.stages import STAGES, RunContext
 from dlforge.stages.bench import bench_stage
-from dlforge.stages.compress import compress_stage
+from dlforge.stages.compress import adversarial_step, compress_stage
 from dlforge.stages.crossval import cross_validate
 from dlforge.stages.quantize import quantize_stage
 from dlforge.stages.robust import compare_probe
@@ -492,6 +492,7 @@ def compress_checkpoint(
             recipe.model.name,
             recipe.model.kwargs,
             compare_probe(recipe, data),
+            adversarial_step(recipe, data),
         ),
     )
     atomic_write_json(out_dir / "compress.json", result)

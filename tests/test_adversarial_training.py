@@ -200,3 +200,33 @@ def test_compress_and_quantize_tables_carry_robustness(
     # ε = 0.1 takes the fp32 model well down (PGD above); the black-box attack on the int8
     # model, with no gradients, must get a real share of the way too.
     assert int8["square_accuracy"] < int8["clean_accuracy"] - 0.1
+
+
+def test_compressed_variants_fine_tune_adversarially_after_adversarial_training(
+    digits: DataBundle, small_cnn: nn.Module, tmp_path: Path
+) -> None:
+    from dlforge.recipe import load_recipe
+    from dlforge.stages.compress import CompressConfig, adversarial_step, compress_stage
+
+    recipe = load_recipe(None, ["train.adversarial.method=fast_fgsm"])
+    make = adversarial_step(recipe, digits)
+    assert make is not None and isinstance(make(), AdversarialStep)
+    off = load_recipe(
+        None, ["train.adversarial.method=fast_fgsm", "compress.adversarial_finetune=false"]
+    )
+    assert adversarial_step(off, digits) is None
+    assert adversarial_step(load_recipe(None), digits) is None  # not trained adversarially
+
+    built: list[AdversarialStep] = []
+
+    def counting() -> AdversarialStep:
+        built.append(make())
+        return built[-1]
+
+    cfg = CompressConfig(techniques=["prune", "lowrank"], bench_rounds=1,
+                         prune={"finetune": {"epochs": 1}},
+                         lowrank={"finetune": {"epochs": 1}})  # type: ignore[arg-type]  # fmt: skip
+    cz = compress_stage(small_cnn, digits, cfg, tmp_path, "cnn", {"channels": [16, 32]},
+                        make_step=counting)  # fmt: skip
+    assert len(built) == 2  # one fresh step per fine-tuning
+    assert "adversarial" in cz["notes"]["fine_tuning"]

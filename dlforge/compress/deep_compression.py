@@ -580,8 +580,12 @@ def deep_compression(
     path: str | Path,
     cfg: DeepCompressionConfig | None = None,
     meta: dict[str, Any] | None = None,
+    step: Any = None,
 ) -> DeepCompressionResult:
     """Prune, fold BN, share weights and write the compressed file to ``path`` (``.dc``).
+
+    ``step`` (a Trainer step, e.g. ``robust.training.AdversarialStep``) replaces plain
+    classification in both fine-tunings.
 
     ``model`` is not changed: every stage runs on a deep copy. ``result.model`` is the model
     decoded from the written file by ``load_compressed`` (BN folded when ``cfg.fold_bn``, eval
@@ -598,7 +602,8 @@ def deep_compression(
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
     pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)
-    history = Trainer(work, cfg.finetune.train_config(), callbacks=[pruner]).fit(
+    stepped = {"step": step} if step is not None else {}
+    history = Trainer(work, cfg.finetune.train_config(), callbacks=[pruner], **stepped).fit(
         train_loader, val_loader
     )
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -615,7 +620,7 @@ def deep_compression(
                                        layers=[n for n in shareable
                                                if not n.startswith(inside_left)]))  # fmt: skip
     if cfg.codebook.epochs > 0:
-        Trainer(work, cfg.codebook.train_config()).fit(train_loader, val_loader)
+        Trainer(work, cfg.codebook.train_config(), **stepped).fit(train_loader, val_loader)
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     written = save_compressed(work.eval(), path, cfg, meta or {})
     # The baked copy only lends its architecture: the weights returned are the file's.

@@ -233,6 +233,8 @@ def compress_section(title: str, cz: dict[str, Any], notes: list[str]) -> list[s
 def _compress_notes(notes: dict[str, Any]) -> list[str]:
     """What each technique's row does not show: what was counted, missed or left out."""
     lines = []
+    if notes.get("fine_tuning"):
+        lines.append(f"Fine-tuning of the variants: {notes['fine_tuning']}")
     prune = notes.get("prune", {})
     if prune.get("left_out"):
         lines.append(
