@@ -39,7 +39,16 @@ def test_stages_run_in_registry_order() -> None:
     from dlforge.stages import STAGES
 
     names = [s.name for s in STAGES]
-    assert names == ["evaluate", "crossval", "ensemble", "compress", "quantize", "bench", "serve"]
+    assert names == [
+        "evaluate",
+        "crossval",
+        "ensemble",
+        "robust",
+        "compress",
+        "quantize",
+        "bench",
+        "serve",
+    ]
     fields = Recipe.__dataclass_fields__
     assert all(n in fields for n in names)  # every stage has its recipe section
 

@@ -105,6 +105,7 @@ def test_carlini_wagner_is_near_the_optimum_and_never_below_it() -> None:
     assert found.accuracy_at(float(exact.median())) == pytest.approx(0.5, abs=0.05)
 
 
+@pytest.mark.slow
 def test_deepfool_and_cw_on_the_cnn_agree_with_torchattacks(setup: tuple) -> None:
     model, x, y = setup
     x, y = x[:64], y[:64]
