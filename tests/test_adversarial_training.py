@@ -158,6 +158,10 @@ def test_recipe_trains_adversarially_and_reports_robustness(
     html = (run_dir / "report.html").read_text()
     assert "Adversarial robustness and corruptions" in html
     assert metrics["recipe"]["train"]["adversarial"]["method"] == "fast_fgsm"
+    settings = metrics["train"]["settings"]  # the report says what val accuracy means here
+    assert (
+        "PGD-7 inputs" in settings["validation"] and "fast_fgsm" in settings["adversarial training"]
+    )
     out = capsys.readouterr().out
     assert "pgd" in out and "severity 0-5" in out
 

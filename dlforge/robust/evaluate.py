@@ -243,8 +243,10 @@ def sanity_checks(
         detail = (
             "holds at every ε"
             if not worse
-            else (f"at ε={worse[0][0]:g}: {strong} {worse[0][1]:.3f} vs {weak} {worse[0][2]:.3f}")
-        )
+            else (f"at ε={worse[0][0]:g}: {strong} {worse[0][1]:.3f} vs {weak} {worse[0][2]:.3f}"
+                  " — the white-box attack is too weak there or the gradients mislead it: raise "
+                  "robust.steps and robust.restarts; if the gap stays, suspect masking")
+        )  # fmt: skip
         add(title, not worse, detail)
     if large_eps is not None:
         add("a large ε reaches near zero", large_eps["accuracy"] <= near_zero,

@@ -76,6 +76,14 @@ class AdversarialStep(ClassificationStep):
         if "generator" in state:
             self.generator.set_state(state["generator"])
 
+    def describe(self) -> dict[str, Any]:
+        c = self.cfg
+        steps = "1 step" if c.method == "fast_fgsm" else f"{c.steps} steps"
+        out = {"adversarial training": f"{c.method}, ε {c.eps:g} ({c.norm}, input units), {steps}"}
+        if c.select_on == "adversarial":
+            out["validation"] = f"on PGD-{c.steps} inputs at ε {c.eps:g} (val loss and accuracy)"
+        return out
+
     def eps_at(self, epoch: int) -> float:
         """ε, grown linearly over the first ``ramp_epochs`` epochs."""
         ramp = self.cfg.ramp_epochs

@@ -79,6 +79,11 @@ class Step:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
+    def describe(self) -> dict[str, Any]:
+        """What the run's settings table should say about this step (e.g. that validation
+        runs on attacked inputs); nothing for plain steps."""
+        return {}
+
 
 class ClassificationStep(Step):
     """``loss_fn(model(x), y)``: cross-entropy by default (hard or soft targets), optionally

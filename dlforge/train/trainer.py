@@ -205,6 +205,7 @@ class Trainer:
             "monitor": self.best.monitor,
             "threads": torch.get_num_threads(),
             "processes": self.runtime.world_size,
+            **getattr(self.step_fn, "describe", dict)(),  # a duck-typed step may lack it
         }
         if self.writes_files:
             assert self.out_dir is not None
