@@ -283,12 +283,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _wrote([args.out])
         return 0
     if args.command == "attack":
-        overrides = list(args.overrides)
-        for flag in ("attacks", "eps"):
-            value = getattr(args, flag)
-            if value is not None:
-                items = [v.strip() for v in value.split(",") if v.strip()]
-                overrides.append(f"robust.{flag}=[{','.join(items)}]")
+        overrides = [*args.overrides, *_list_overrides(args, "robust", ("attacks", "eps"))]
         if args.samples is not None:
             overrides.append(f"robust.samples={args.samples}")
         result = pipeline.attack_checkpoint(args.checkpoint, overrides, args.out, args.trust_code)
@@ -312,12 +307,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _wrote([out / "compress.json", *sorted(out.glob("*.onnx")), *sorted(out.glob("*.dc"))])
         return 0
     if args.command == "bench":
-        overrides = list(args.overrides)
-        for flag in ("backends", "precisions"):
-            value = getattr(args, flag)
-            if value is not None:
-                items = [v.strip() for v in value.split(",") if v.strip()]
-                overrides.append(f"bench.{flag}=[{','.join(items)}]")
+        overrides = [*args.overrides, *_list_overrides(args, "bench", ("backends", "precisions"))]
         result = pipeline.bench_checkpoint(args.checkpoint, args.onnx, overrides, args.trust_code)
         if args.out:
             atomic_write_json(args.out, result)
@@ -325,6 +315,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         _wrote([args.out])
         return 0
     raise AssertionError(args.command)
+
+
+def _list_overrides(args: argparse.Namespace, section: str, flags: tuple[str, ...]) -> list[str]:
+    """``--flag a,b`` options as ``section.flag=[a,b]`` recipe overrides (unset flags: none)."""
+    out = []
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None:
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            out.append(f"{section}.{flag}=[{','.join(items)}]")
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:
