@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from dlforge.robust.evaluate import accuracy, craft, predict_of
 from dlforge.robust.suite import build_space, probe
 from dlforge.robust.training import AdversarialStep
 from dlforge.train import OptimizerConfig, TrainConfig, Trainer
+from dlforge.train.config import FineTune
 
 
 def _mlp() -> nn.Module:
@@ -212,25 +214,39 @@ def test_compressed_variants_fine_tune_adversarially_after_adversarial_training(
     from dlforge.recipe import load_recipe
     from dlforge.stages.compress import CompressConfig, adversarial_step, compress_stage
 
-    recipe = load_recipe(None, ["train.adversarial.method=fast_fgsm"])
+    recipe = load_recipe(None, ["train.adversarial.method=fast_fgsm",
+                                "train.adversarial.ramp_epochs=5"])  # fmt: skip
     make = adversarial_step(recipe, digits)
-    assert make is not None and isinstance(make(), AdversarialStep)
+    assert make is not None and isinstance(make(FineTune()), AdversarialStep)
     off = load_recipe(
         None, ["train.adversarial.method=fast_fgsm", "compress.adversarial_finetune=false"]
     )
     assert adversarial_step(off, digits) is None
     assert adversarial_step(load_recipe(None), digits) is None  # not trained adversarially
 
-    built: list[AdversarialStep] = []
+    calls: list[int] = []  # batches each built step was used for
 
-    def counting() -> AdversarialStep:
-        built.append(make())
-        return built[-1]
+    class Counting(AdversarialStep):
+        def __call__(self, model: nn.Module, batch: Any, trainer: Any) -> Any:
+            calls[self.index] += 1
+            return super().__call__(model, batch, trainer)
 
-    cfg = CompressConfig(techniques=["prune", "lowrank"], bench_rounds=1,
-                         prune={"finetune": {"epochs": 1}},
-                         lowrank={"finetune": {"epochs": 1}})  # type: ignore[arg-type]  # fmt: skip
+    def counting(ft: Any) -> AdversarialStep:
+        step = make(ft)
+        assert step.label_smoothing == ft.label_smoothing  # the fine-tuning's own setting
+        assert step.cfg.ramp_epochs == 0  # a fine-tuning starts at the full ε
+        step.__class__ = Counting
+        step.index = len(calls)  # type: ignore[attr-defined]
+        calls.append(0)
+        return step
+
+    cfg = CompressConfig(techniques=["prune", "lowrank", "deep_compression"], bench_rounds=1,
+                         prune={"finetune": {"epochs": 1, "label_smoothing": 0.1}},
+                         lowrank={"finetune": {"epochs": 1}},
+                         deep_compression={"finetune": {"epochs": 1},
+                                           "codebook": {"epochs": 1}})  # type: ignore[arg-type]  # fmt: skip
     cz = compress_stage(small_cnn, digits, cfg, tmp_path, "cnn", {"channels": [16, 32]},
                         make_step=counting)  # fmt: skip
-    assert len(built) == 2  # one fresh step per fine-tuning
+    # prune, low-rank, and Deep Compression's two fine-tunings: each its own step, each used
+    assert len(calls) == 4 and all(n > 0 for n in calls), calls
     assert "adversarial" in cz["notes"]["fine_tuning"]

@@ -230,7 +230,7 @@ def test_deepfool_refuses_a_single_candidate() -> None:
 
 
 @pytest.mark.parametrize("key, value", [("compare_eps", float("inf")), ("bounds", [0, float("inf")]),
-                                        ("eps", [0.0, float("nan")])])  # fmt: skip
+                                        ("eps", [0.0, float("inf")])])  # fmt: skip
 def test_config_refuses_infinite_budgets_and_bounds(key: str, value: object) -> None:
     from dlforge.config import ConfigError
     from dlforge.robust.config import RobustConfig

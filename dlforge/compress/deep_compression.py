@@ -31,9 +31,10 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ from dlforge.compress.quantize.codebook import (
 )
 from dlforge.compress.quantize.fold import fold_batch_norm
 from dlforge.train.checkpoint import CheckpointError, atomic_write
+
+if TYPE_CHECKING:
+    from dlforge.train.config import FineTune
 
 FORMAT = "dlforge-deep-compression/2"  # /1 was a safetensors container with JSON code tables
 MAGIC = b"DLDC"
@@ -580,12 +584,12 @@ def deep_compression(
     path: str | Path,
     cfg: DeepCompressionConfig | None = None,
     meta: dict[str, Any] | None = None,
-    step: Any = None,
+    make_step: Callable[[FineTune], Any] | None = None,
 ) -> DeepCompressionResult:
     """Prune, fold BN, share weights and write the compressed file to ``path`` (``.dc``).
 
-    ``step`` (a Trainer step, e.g. ``robust.training.AdversarialStep``) replaces plain
-    classification in both fine-tunings.
+    ``make_step(finetune_config)`` (e.g. a factory of ``robust.training.AdversarialStep``)
+    builds the Trainer step of each fine-tuning in place of plain classification.
 
     ``model`` is not changed: every stage runs on a deep copy. ``result.model`` is the model
     decoded from the written file by ``load_compressed`` (BN folded when ``cfg.fold_bn``, eval
@@ -602,8 +606,12 @@ def deep_compression(
     # One global ranking: with BN still in place the layers' weights share a scale, and small
     # layers (the first conv) keep more of their weights than a uniform per-layer rate allows.
     pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)
-    stepped = {"step": step} if step is not None else {}
-    history = Trainer(work, cfg.finetune.train_config(), callbacks=[pruner], **stepped).fit(
+
+    def stepped(ft: FineTune) -> dict[str, Any]:
+        return {"step": make_step(ft)} if make_step is not None else {}
+
+    ft = cfg.finetune
+    history = Trainer(work, ft.train_config(), callbacks=[pruner], **stepped(ft)).fit(
         train_loader, val_loader
     )
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -620,7 +628,8 @@ def deep_compression(
                                        layers=[n for n in shareable
                                                if not n.startswith(inside_left)]))  # fmt: skip
     if cfg.codebook.epochs > 0:
-        Trainer(work, cfg.codebook.train_config(), **stepped).fit(train_loader, val_loader)
+        ft = cfg.codebook
+        Trainer(work, ft.train_config(), **stepped(ft)).fit(train_loader, val_loader)
     work.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     written = save_compressed(work.eval(), path, cfg, meta or {})
     # The baked copy only lends its architecture: the weights returned are the file's.

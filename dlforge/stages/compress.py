@@ -149,10 +149,11 @@ class Job:
     model_kwargs: dict[str, Any]
     variants: dict[str, nn.Module] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    make_step: Callable[[], Any] | None = None  # the fine-tunings' step (adversarial), or plain
+    # The fine-tunings' step (adversarial) built for a fine-tuning's settings, or None: plain.
+    make_step: Callable[[FineTune], Any] | None = None
 
-    def step_kw(self) -> dict[str, Any]:
-        return {"step": self.make_step()} if self.make_step is not None else {}
+    def step_kw(self, ft: FineTune) -> dict[str, Any]:
+        return {"step": self.make_step(ft)} if self.make_step is not None else {}
 
     @property
     def example(self) -> Any:
@@ -179,7 +180,7 @@ def _prune(job: Job) -> None:
     cfg = job.cfg.prune
     work = plain_copy(job.teacher)
     pruner = GradualPruner.for_epochs(cfg.sparsity, cfg.finetune.epochs, cfg.prune_share)
-    finetune(work, job.data, cfg.finetune, callbacks=[pruner], **job.step_kw())
+    finetune(work, job.data, cfg.finetune, callbacks=[pruner], **job.step_kw(cfg.finetune))
     make_permanent(work)
     share = sparsity(work)
     job.notes["prune"] = {k: share[k] for k in ("global", "all_parameters", "left_out")}
@@ -211,7 +212,7 @@ def _structured(job: Job) -> None:
                                    "pinned": surgery.pinned}  # fmt: skip
         log.warning("structured: nothing removed, no row reported (%s)", surgery.pinned)
         return
-    finetune(surgery.model, job.data, cfg.finetune, **job.step_kw())
+    finetune(surgery.model, job.data, cfg.finetune, **job.step_kw(cfg.finetune))
     job.notes["structured"] = {
         "kept": surgery.kept,
         "removed": surgery.removed,
@@ -239,7 +240,7 @@ def _lowrank(job: Job) -> None:
     plan = LowRankConfig(mode="ratio", ratio=cfg.ratio, layers=inner,
                          skip_unsupported=job.cfg.skip_unsupported)  # fmt: skip
     result = factorize(work, plan, job.example)
-    finetune(work, job.data, cfg.finetune, **job.step_kw())
+    finetune(work, job.data, cfg.finetune, **job.step_kw(cfg.finetune))
     job.notes["lowrank"] = {
         "left": result.left,
         "ranks": {k: list(v) for k, v in result.ranks.items()},
@@ -261,9 +262,7 @@ def _deep_compression(job: Job) -> None:
     cfg = dataclasses.replace(
         cfg, skip_unsupported=job.cfg.skip_unsupported or cfg.skip_unsupported
     )
-    dc = deep_compression(
-        plain_copy(job.teacher), loader, None, path, cfg, step=job.step_kw().get("step")
-    )
+    dc = deep_compression(plain_copy(job.teacher), loader, None, path, cfg, make_step=job.make_step)
     job.notes["deep_compression"] = {"file": str(path), "sparsity": dc.sparsity,
                                      "account": dc.account, "dense": dc.dense}  # fmt: skip
     job.variants["deep_compression"] = dc.model
@@ -348,7 +347,7 @@ def compress_stage(
     model_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     robust: Any = None,
-    make_step: Callable[[], Any] | None = None,
+    make_step: Callable[[FineTune], Any] | None = None,
 ) -> dict[str, Any]:
     """Apply each technique to a copy of ``model``; measure every variant and the baseline.
 
@@ -431,17 +430,20 @@ def _measure(job: Job) -> dict[str, Any]:
     return {"rows": rows, "notes": job.notes, "config": {"techniques": job.cfg.techniques}}
 
 
-def adversarial_step(recipe: Any, data: DataBundle) -> Callable[[], Any] | None:
-    """A factory of the run's adversarial training step for the fine-tunings, or None when the
-    run did not train adversarially (or ``compress.adversarial_finetune`` is off)."""
+def adversarial_step(recipe: Any, data: DataBundle) -> Callable[[FineTune], Any] | None:
+    """A factory of the run's adversarial training step for a fine-tuning (with its label
+    smoothing), or None when the run did not train adversarially (or
+    ``compress.adversarial_finetune`` is off). The ε ramp is left out: the model is robust
+    already, and a short fine-tuning would otherwise spend its epochs at a fraction of ε."""
     adv = recipe.train.adversarial
     if not (adv.enabled and recipe.compress.adversarial_finetune):
         return None
     from dlforge.robust.suite import build_space
     from dlforge.robust.training import AdversarialStep
 
-    space = build_space(data, adv.bounds)
-    return lambda: AdversarialStep(adv, space, seed=recipe.seed)
+    space, full = build_space(data, adv.bounds), dataclasses.replace(adv, ramp_epochs=0)
+    return lambda ft: AdversarialStep(full, space, label_smoothing=ft.label_smoothing,
+                                      seed=recipe.seed)  # fmt: skip
 
 
 def _measure_robustness(job: Job, measured: dict[str, Any], probe: Any) -> None:

@@ -207,6 +207,8 @@ class Trainer:
             "processes": self.runtime.world_size,
             **getattr(self.step_fn, "describe", dict)(),  # a duck-typed step may lack it
         }
+        if val_loader is None:  # nothing to say about a validation that does not run
+            self.history.settings.pop("validation", None)
         if self.writes_files:
             assert self.out_dir is not None
             for p in remove_stray_temps(self.out_dir / "checkpoints"):
