@@ -68,7 +68,15 @@ def fgsm(
     return _clip(x + eps * _input_grad(model, x, y).sign(), lo, hi).detach()
 
 
-def _random_start(
+def ascent(grad: torch.Tensor, alpha: float, norm: Norm) -> torch.Tensor:
+    """A step of size ``alpha`` of steepest ascent under ``norm``: the gradient's sign (L∞) or
+    the gradient scaled to unit L2 norm per sample (L2)."""
+    if norm == "linf":
+        return alpha * grad.sign()
+    return alpha * grad / _per_sample(_l2(grad) + 1e-10, grad)
+
+
+def random_offset(
     x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None
 ) -> torch.Tensor:
     if norm == "linf":
@@ -95,11 +103,7 @@ def _pgd_once(
     x_adv = x.detach().clone() if start is None else _clip(x + start, lo, hi).detach()
     for _ in range(steps):
         grad = _input_grad(model, x_adv, y)
-        if norm == "linf":
-            step = alpha * grad.sign()
-        else:  # steepest ascent under L2: the normalised gradient
-            step = alpha * grad / _per_sample(_l2(grad) + 1e-10, grad)
-        x_adv = x_adv.detach() + step
+        x_adv = x_adv.detach() + ascent(grad, alpha, norm)
         x_adv = _clip(x + project(x_adv - x, eps, norm), lo, hi).detach()
     return x_adv
 
@@ -135,7 +139,7 @@ def pgd(
     best_loss = torch.full((len(x),), -float("inf"), device=x.device)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(restarts):
-        start = _random_start(x, eps, norm, generator) if random_start else None
+        start = random_offset(x, eps, norm, generator) if random_start else None
         x_adv = _pgd_once(model, x, y, eps, norm, steps, alpha, start, lo, hi)
         with torch.no_grad():
             logits = model(x_adv).float()

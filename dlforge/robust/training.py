@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dlforge.robust.attacks import _random_start, pgd, project
+from dlforge.robust.attacks import ascent, pgd, project, random_offset
 from dlforge.robust.config import AdversarialConfig
 from dlforge.robust.space import InputSpace, InRawUnits
 from dlforge.train.step import (
@@ -104,11 +104,11 @@ class AdversarialStep(ClassificationStep):
 
     def _fast_fgsm(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:  # fmt: skip
         raw, x_raw = InRawUnits(model, self.space), self.space.to_raw(x)
-        delta = _random_start(x_raw, eps, "linf", self.generator)
+        delta = random_offset(x_raw, eps, "linf", self.generator)
         start = self.space.clip(x_raw + delta).detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(raw(start).float(), y), start)
         alpha = self.cfg.alpha if self.cfg.alpha is not None else 1.25 * eps
-        step = (start.detach() - x_raw) + alpha * grad.sign()
+        step = (start.detach() - x_raw) + ascent(grad, alpha, "linf")
         return self.space.clip(x_raw + project(step, eps, "linf")).detach()
 
     def _trades(self, model: nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -123,11 +123,7 @@ class AdversarialStep(ClassificationStep):
             x_adv = x_adv.detach().requires_grad_(True)
             kl = F.kl_div(F.log_softmax(raw(x_adv).float(), 1), clean, reduction="sum")
             (grad,) = torch.autograd.grad(kl, x_adv)
-            if self.cfg.norm == "linf":
-                step = alpha * grad.sign()
-            else:
-                step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-10).view(
-                    -1, *([1] * (grad.dim() - 1)))  # fmt: skip
+            step = ascent(grad, alpha, self.cfg.norm)
             x_adv = self.space.clip(x_raw + project(x_adv.detach() + step - x_raw, eps,
                                                     self.cfg.norm))  # fmt: skip
         return x_adv.detach()
