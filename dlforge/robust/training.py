@@ -76,11 +76,11 @@ class AdversarialStep(ClassificationStep):
         if "generator" in state:
             self.generator.set_state(state["generator"])
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, validating: bool) -> dict[str, Any]:
         c = self.cfg
         steps = "1 step" if c.method == "fast_fgsm" else f"{c.steps} steps"
         out = {"adversarial training": f"{c.method}, ε {c.eps:g} ({c.norm}, input units), {steps}"}
-        if c.select_on == "adversarial":
+        if validating and c.select_on == "adversarial":
             out["validation"] = f"on PGD-{c.steps} inputs at ε {c.eps:g} (val loss and accuracy)"
         return out
 

@@ -79,9 +79,10 @@ class Step:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
-    def describe(self) -> dict[str, Any]:
-        """What the run's settings table should say about this step (e.g. that validation
-        runs on attacked inputs); nothing for plain steps."""
+    def describe(self, validating: bool) -> dict[str, Any]:
+        """What the run's settings table should say about this step (e.g. that validation,
+        when ``validating``, runs on attacked inputs); nothing for plain steps."""
+        del validating
         return {}
 
 

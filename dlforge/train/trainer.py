@@ -205,10 +205,10 @@ class Trainer:
             "monitor": self.best.monitor,
             "threads": torch.get_num_threads(),
             "processes": self.runtime.world_size,
-            **getattr(self.step_fn, "describe", dict)(),  # a duck-typed step may lack it
         }
-        if val_loader is None:  # nothing to say about a validation that does not run
-            self.history.settings.pop("validation", None)
+        describe = getattr(self.step_fn, "describe", None)  # a duck-typed step may lack it
+        if describe is not None:
+            self.history.settings.update(describe(val_loader is not None))
         if self.writes_files:
             assert self.out_dir is not None
             for p in remove_stray_temps(self.out_dir / "checkpoints"):
