@@ -191,7 +191,32 @@ class AttentionNet(nn.Module):
         return self.head(a.mean(1))
 
 
-@pytest.mark.parametrize("make", [LSTMNet, AttentionNet,
+class GRUNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(1, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.transpose(1, 2))
+        return self.head(out.mean(1))
+
+
+class EncoderNet(nn.Module):
+    """torch's own nn.TransformerEncoder (its fused fast path included in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x.transpose(1, 2))).mean(1))
+
+
+@pytest.mark.parametrize("make", [LSTMNet, GRUNet, AttentionNet, EncoderNet,
                                   lambda: nn.Sequential(nn.Conv1d(1, 8, 3, padding=1),
                                                         nn.Conv1d(8, 8, 3, padding=1, groups=8),
                                                         nn.Flatten(), nn.Linear(8 * 24, 3))])  # fmt: skip
